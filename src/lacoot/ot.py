@@ -133,7 +133,7 @@ def random_projections(
     """Directions drawn uniformly on the unit sphere of ``R^d``.
 
     Returns a ``(d, n_projections)`` tensor with unit-norm columns (POT's layout). With an integer
-    ``seed`` the draw is made on the CPU, so the same seed gives the same directions on every device.
+    ``seed`` the draw is made on the CPU: the same seed gives the same directions on every device.
     """
     if d < 1 or n_projections < 1:
         raise ValueError(
@@ -280,7 +280,7 @@ def _ascend_direction(
         theta = start / start.norm()
         px, py = X @ theta, Y @ theta
         val = _wasserstein_1d_pow(px, py, p)
-        for it in range(n_iters):
+        for _ in range(n_iters):
             grad = _gradient(X, Y, px, py, p)
             radial = grad @ theta
             tangent = grad - radial * theta
