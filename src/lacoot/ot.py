@@ -408,9 +408,7 @@ def max_sliced_wasserstein(
             init = init.detach().to(device=X.device, dtype=X.dtype)
             init = init.unsqueeze(1) if init.dim() == 1 else init
             if init.dim() != 2 or init.shape[0] != d:
-                raise ValueError(
-                    f"init has shape {tuple(init.shape)}; expected ({d},) or ({d}, k)"
-                )
+                raise ValueError(f"init has shape {tuple(init.shape)}; expected ({d},) or ({d}, k)")
             starts.extend(init.unbind(1))
         # Means as matrix-vector products: faster than a column reduction for n << d.
         mean_x = Xd.T @ Xd.new_full((Xd.shape[0],), 1.0 / Xd.shape[0])

@@ -1,0 +1,129 @@
+"""Measure what a collapse buys: MACs, parameters, latency, accuracy.
+
+MACs come from torch's own :class:`torch.utils.flop_counter.FlopCounterMode` (one multiply-add of a
+matrix product or convolution counts as two FLOPs there, so MACs = FLOPs / 2). Latency is wall-clock
+time measured after warm-up, with the device synchronised around every repeat, reported as the
+median of the repeats.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_macs", "count_params", "measure_latency", "evaluate_accuracy", "Latency"]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_input: Tensor) -> int:
+    """Multiply-accumulate operations of one forward pass on ``example_input`` (batch included).
+
+    Counted by torch's FLOP counter in eval mode; operations it does not count (element-wise
+    activations, normalisation) are not included, as in the paper's figures.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(example_input)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (shared parameters counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Latency of one forward pass, in milliseconds."""
+
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    repeats: int
+    batch_size: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module, example_input: Tensor, warmup: int = 5, repeats: int = 20
+) -> Latency:
+    """Wall-clock time of ``model(example_input)`` in eval mode.
+
+    ``warmup`` untimed passes come first; each of the ``repeats`` timed passes is bracketed by a
+    device synchronisation, so asynchronous CUDA kernels are included.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(
+            f"need repeats >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}"
+        )
+    was_training = model.training
+    model.eval()
+    device = example_input.device
+    times = []
+    try:
+        for _ in range(warmup):
+            model(example_input)
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            model(example_input)
+            _sync(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        model.train(was_training)
+    return Latency(
+        median_ms=statistics.median(times),
+        mean_ms=statistics.fmean(times),
+        std_ms=statistics.stdev(times) if len(times) > 1 else 0.0,
+        min_ms=min(times),
+        repeats=repeats,
+        batch_size=int(example_input.shape[0]),
+    )
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """Top-1 accuracy in percent of ``model`` over ``(inputs, labels)`` batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = _model_device(model)
+    correct = total = 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += y.numel()
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError(
+            "the loader yielded no samples; expected at least one (inputs, labels) batch"
+        )
+    return 100.0 * correct / total
