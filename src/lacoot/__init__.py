@@ -1,3 +1,40 @@
-"""lacoot: Layer Collapse through Optimal Transport."""
+"""lacoot: Layer Collapse through Optimal Transport.
+
+Make a deep network shallower: train with a Max-Sliced Wasserstein penalty between every
+collapsible block's input and output, rank the blocks by that distance, and remove the closest
+ones without fine-tuning.
+"""
 
 __version__ = "0.1.0"
+
+from .blocks import Block, BlockDiscoveryError, find_blocks, identity_blocks, remove_blocks
+from .collapse import Sweep, SweepPoint, collapse, removal_order, sweep
+from .criteria import list_criteria, register_criterion, score_blocks
+from .ot import max_sliced_wasserstein, sliced_wasserstein, wasserstein_1d
+from .profile import count_macs, count_params, evaluate_accuracy, measure_latency
+from .regularizer import MSWRegularizer
+
+__all__ = [
+    "__version__",
+    "Block",
+    "BlockDiscoveryError",
+    "MSWRegularizer",
+    "Sweep",
+    "SweepPoint",
+    "collapse",
+    "count_macs",
+    "count_params",
+    "evaluate_accuracy",
+    "find_blocks",
+    "identity_blocks",
+    "list_criteria",
+    "max_sliced_wasserstein",
+    "measure_latency",
+    "register_criterion",
+    "removal_order",
+    "remove_blocks",
+    "score_blocks",
+    "sliced_wasserstein",
+    "sweep",
+    "wasserstein_1d",
+]

@@ -133,7 +133,8 @@ def _shape(t: Tensor) -> str:
     return "(" + ",".join(str(s) for s in t.shape[1:]) + ")"
 
 
-def _count_tensors(args: tuple, kwargs: dict) -> tuple[int, Tensor | None]:
+def count_tensor_args(args: tuple, kwargs: dict) -> tuple[int, Tensor | None]:
+    """Number of tensor arguments of a call, and the tensor itself if there is exactly one."""
     tensors = []
     for value in (*args, *kwargs.values()):
         if isinstance(value, Tensor):
@@ -167,7 +168,7 @@ def trace_modules(
             counter[0] += 1
         rec.calls += 1
         if rec.calls == 1:
-            rec.tensor_inputs, rec.input = _count_tensors(args, kwargs)
+            rec.tensor_inputs, rec.input = count_tensor_args(args, kwargs)
             if stack:
                 stack[-1].callees.append(rec)
         stack.append(rec)
@@ -384,7 +385,7 @@ class CollapsedBlock(nn.Identity):
     """
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        n, tensor = _count_tensors(args, kwargs)
+        n, tensor = count_tensor_args(args, kwargs)
         if n != 1 or tensor is None:
             raise TypeError(f"a collapsed block passes one tensor through; it was given {n}")
         return tensor

@@ -17,10 +17,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "count_params", "measure_latency", "evaluate_accuracy", "Latency"]
+__all__ = [
+    "count_macs",
+    "count_params",
+    "measure_latency",
+    "evaluate_accuracy",
+    "model_device",
+    "Latency",
+]
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the first parameter (or buffer) of ``model``; CPU for a model with neither."""
     for t in model.parameters():
         return t.device
     for t in model.buffers():
@@ -113,7 +121,7 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]])
     """Top-1 accuracy in percent of ``model`` over ``(inputs, labels)`` batches, in eval mode."""
     was_training = model.training
     model.eval()
-    device = _model_device(model)
+    device = model_device(model)
     correct = total = 0
     try:
         for x, y in loader:

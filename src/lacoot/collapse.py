@@ -1,0 +1,202 @@
+"""Collapse blocks in score order: the cumulative sweep, the budgeted choice, the shallow model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import Block, remove_blocks
+from .profile import count_macs, count_params, evaluate_accuracy, measure_latency, model_device
+
+__all__ = ["removal_order", "collapse", "sweep", "Sweep", "SweepPoint"]
+
+Loader = Iterable[tuple[Tensor, Tensor]]
+
+
+def removal_order(blocks: Sequence[Block], scores: Mapping[str, float]) -> list[str]:
+    """Block names sorted by ascending score (removed first); ties go to the deeper block."""
+    missing = [b.name for b in blocks if b.name not in scores]
+    if missing:
+        raise ValueError(f"no score for blocks {missing}; expected a score for every block")
+    ordered = sorted(blocks, key=lambda b: (scores[b.name], -b.order))
+    return [b.name for b in ordered]
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """The model with its ``k`` lowest-scored blocks removed, measured.
+
+    Accuracies are top-1 in percent; ``macs`` are per sample; ``latency_ms`` maps a batch size to
+    the median forward time in milliseconds.
+    """
+
+    k: int
+    removed: tuple[str, ...]
+    val_accuracy: float | None
+    test_accuracy: float | None
+    macs: int
+    params: int
+    latency_ms: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["removed"] = list(self.removed)
+        d["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
+        return d
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Measurements of a cumulative collapse, ``points[k]`` with ``k`` blocks removed."""
+
+    order: tuple[str, ...]
+    points: tuple[SweepPoint, ...]
+
+    @property
+    def full(self) -> SweepPoint:
+        return self.points[0]
+
+    def best(
+        self,
+        max_drop: float | None = None,
+        max_macs: float | None = None,
+        max_blocks: int | None = None,
+    ) -> SweepPoint:
+        """Choose a collapse within a budget, judged on the validation accuracy.
+
+        Parameters
+        ----------
+        max_drop : float, optional
+            Largest allowed drop of validation accuracy from the full model, in percentage points.
+        max_macs : float, optional
+            Largest allowed MACs as a fraction of the full model's, in ``(0, 1]``.
+        max_blocks : int, optional
+            Remove at most this many blocks.
+
+        Returns
+        -------
+        SweepPoint
+            With ``max_macs``: the most accurate collapse (validation) meeting every budget, fewer
+            MACs breaking ties. Otherwise the deepest collapse meeting them.
+
+        Raises
+        ------
+        ValueError
+            No budget given, a budget out of range, or no point meets them all.
+        """
+        if max_drop is None and max_macs is None and max_blocks is None:
+            raise ValueError("no budget given; expected max_drop, max_macs or max_blocks")
+        if max_drop is not None and not max_drop >= 0:
+            raise ValueError(f"max_drop={max_drop!r}; expected a drop >= 0 percentage points")
+        if max_macs is not None and not 0 < max_macs <= 1:
+            raise ValueError(f"max_macs={max_macs!r}; expected a fraction in (0, 1]")
+        if max_blocks is not None and not 0 <= max_blocks:
+            raise ValueError(f"max_blocks={max_blocks!r}; expected a count >= 0")
+        full = self.full
+        if max_drop is not None and full.val_accuracy is None:
+            raise ValueError("max_drop needs validation accuracies; the sweep has none")
+        feasible = []
+        for pt in self.points:
+            if max_blocks is not None and pt.k > max_blocks:
+                continue
+            if max_macs is not None and pt.macs > max_macs * full.macs:
+                continue
+            if max_drop is not None and full.val_accuracy - pt.val_accuracy > max_drop + 1e-9:
+                continue
+            feasible.append(pt)
+        if not feasible:
+            raise ValueError(
+                f"no collapse meets max_drop={max_drop}, max_macs={max_macs}, "
+                f"max_blocks={max_blocks}: the sweep reaches "
+                f"{min(p.macs for p in self.points) / full.macs:.1%} of the MACs, removing at most "
+                f"{self.points[-1].k} blocks"
+            )
+        if max_macs is not None:
+            return max(feasible, key=lambda p: (p.val_accuracy or 0.0, -p.macs))
+        return max(feasible, key=lambda p: p.k)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"order": list(self.order), "points": [p.to_dict() for p in self.points]}
+
+
+def collapse(model: nn.Module, selection: SweepPoint | Iterable[str | Block]) -> nn.Module:
+    """A new, physically shallower model without the selected blocks (the original is untouched).
+
+    ``selection`` is a :class:`SweepPoint` (e.g. ``sweep.best(max_drop=0.5)``) or block names.
+    """
+    names = selection.removed if isinstance(selection, SweepPoint) else selection
+    return remove_blocks(model, names)
+
+
+def sweep(
+    model: nn.Module,
+    blocks: Sequence[Block],
+    scores: Mapping[str, float],
+    val_loader: Loader | None,
+    test_loader: Loader | None = None,
+    max_blocks: int | None = None,
+    example_input: Tensor | None = None,
+    latency_batch_sizes: Sequence[int] = (1,),
+    warmup: int = 3,
+    repeats: int = 10,
+) -> Sweep:
+    """Remove blocks cumulatively in score order and measure every step ``k = 0..K``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model (left untouched).
+    blocks, scores
+        From :func:`lacoot.find_blocks` and :func:`lacoot.score_blocks`.
+    val_loader, test_loader : iterable of (inputs, labels), optional
+        Accuracy is measured on each given loader.
+    max_blocks : int, optional
+        ``K``; all blocks by default.
+    example_input : Tensor, optional
+        One sample with its batch dimension, ``(1, ...)``, used for MACs and latency; by default
+        the first sample of ``val_loader`` (or ``test_loader``).
+    latency_batch_sizes : sequence of int
+        Batch sizes at which latency is measured (empty: no latency).
+    warmup, repeats : int
+        Latency measurement (median of ``repeats`` after ``warmup``).
+    """
+    order = removal_order(blocks, scores)
+    K = len(order) if max_blocks is None else max_blocks
+    if not 0 <= K <= len(order):
+        raise ValueError(f"max_blocks={max_blocks}; expected 0..{len(order)}")
+    device = model_device(model)
+    if example_input is None:
+        source = val_loader if val_loader is not None else test_loader
+        if source is None:
+            raise ValueError("pass example_input, or a loader to take one sample from")
+        example_input = next(iter(source))[0][:1]
+    example_input = example_input.to(device)
+    points = []
+    for k in range(K + 1):
+        removed = tuple(order[:k])
+        current = remove_blocks(model, removed) if k else model
+        latency = {}
+        for bs in latency_batch_sizes:
+            batch = example_input.expand(bs, *example_input.shape[1:]).contiguous()
+            latency[bs] = measure_latency(current, batch, warmup=warmup, repeats=repeats).median_ms
+        points.append(
+            SweepPoint(
+                k=k,
+                removed=removed,
+                val_accuracy=None if val_loader is None else evaluate_accuracy(current, val_loader),
+                test_accuracy=None
+                if test_loader is None
+                else evaluate_accuracy(current, test_loader),
+                macs=count_macs(current, example_input[:1]),
+                params=count_params(current),
+                latency_ms=latency,
+            )
+        )
+        del current
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Sweep(order=tuple(order), points=tuple(points))

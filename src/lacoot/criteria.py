@@ -1,0 +1,197 @@
+"""Block-scoring criteria behind one registry. A lower score means "remove first".
+
+* ``msw``: LaCoOT's criterion, the Max-Sliced Wasserstein distance between a block's input and
+  output distributions (samples flattened), averaged over calibration batches.
+* ``cosine``: block influence, ``1 - mean cos(x_i, y_i)`` over samples (the score used to prune
+  layers of large language models, e.g. ShortGPT).
+* ``angular``: ``mean arccos(cos(x_i, y_i)) / pi`` (Gromov et al., "The Unreasonable
+  Ineffectiveness of the Deeper Layers").
+* ``random``: a seeded random order.
+* ``depth``: deepest block first.
+
+New criteria register with :func:`register_criterion`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import Block
+from .ot import max_sliced_wasserstein
+from .profile import model_device
+from .regularizer import block_io_hooks
+
+__all__ = ["Criterion", "register_criterion", "list_criteria", "get_criterion", "score_blocks"]
+
+BatchScore = Callable[[Tensor, Tensor, int], Tensor]
+StaticScore = Callable[[Sequence[Block], int], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A way to rank blocks.
+
+    Exactly one of ``batch_score`` (data-driven: ``(X, Y, seed) -> scalar`` for one batch with
+    ``X, Y: (B, D)``, averaged over batches weighted by ``B``) and ``static_score`` (blocks and seed
+    to scores, no data) is set.
+    """
+
+    name: str
+    description: str
+    batch_score: BatchScore | None = None
+    static_score: StaticScore | None = None
+
+
+_CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(criterion: Criterion) -> Criterion:
+    """Add ``criterion`` to the registry (a warning if it replaces one of the same name)."""
+    if (criterion.batch_score is None) == (criterion.static_score is None):
+        raise ValueError(
+            f"criterion {criterion.name!r} must set exactly one of batch_score and static_score"
+        )
+    if criterion.name in _CRITERIA:
+        warnings.warn(f"criterion {criterion.name!r} is replaced", UserWarning, stacklevel=2)
+    _CRITERIA[criterion.name] = criterion
+    return criterion
+
+
+def list_criteria() -> list[str]:
+    """Names of the registered criteria."""
+    return sorted(_CRITERIA)
+
+
+def get_criterion(name: str) -> Criterion:
+    """The registered criterion called ``name``."""
+    try:
+        return _CRITERIA[name]
+    except KeyError:
+        raise ValueError(
+            f"criterion {name!r} is not known; expected one of {', '.join(list_criteria())}"
+        ) from None
+
+
+def _cosine(X: Tensor, Y: Tensor) -> Tensor:
+    X, Y = X.float(), Y.float()
+    return torch.nn.functional.cosine_similarity(X, Y, dim=1, eps=1e-12)
+
+
+def _msw(X: Tensor, Y: Tensor, seed: int) -> Tensor:
+    return max_sliced_wasserstein(X, Y, method="ascent", seed=seed)
+
+
+def _random(blocks: Sequence[Block], seed: int) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.rand(len(blocks), generator=gen, dtype=torch.float64)
+    return {b.name: float(v) for b, v in zip(blocks, values, strict=True)}
+
+
+def _depth(blocks: Sequence[Block], seed: int) -> dict[str, float]:
+    ordered = sorted(blocks, key=lambda b: b.order)
+    return {b.name: float(len(ordered) - 1 - i) for i, b in enumerate(ordered)}
+
+
+register_criterion(
+    Criterion("msw", "Max-Sliced Wasserstein distance input->output (LaCoOT)", batch_score=_msw)
+)
+register_criterion(
+    Criterion(
+        "cosine",
+        "1 - mean cosine similarity of input and output (block influence)",
+        batch_score=lambda X, Y, seed: 1.0 - _cosine(X, Y).mean(),
+    )
+)
+register_criterion(
+    Criterion(
+        "angular",
+        "mean angular distance arccos(cos)/pi of input and output",
+        batch_score=lambda X, Y, seed: (_cosine(X, Y).clamp(-1, 1).acos() / math.pi).mean(),
+    )
+)
+register_criterion(Criterion("random", "seeded random order", static_score=_random))
+register_criterion(Criterion("depth", "deepest block first", static_score=_depth))
+
+
+@torch.no_grad()
+def score_blocks(
+    model: nn.Module,
+    blocks: Sequence[Block],
+    loader: Iterable[tuple[Tensor, Tensor]] | None = None,
+    criterion: str = "msw",
+    seed: int = 0,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Score every block; lower scores are removed first.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Run in eval mode (restored afterwards) without gradients.
+    blocks : list of Block
+        From :func:`lacoot.find_blocks`.
+    loader : iterable of (inputs, labels), optional
+        Calibration batches (the validation split); required by data-driven criteria. Batches of
+        fewer than 2 samples are skipped.
+    criterion : str
+        A registered criterion: ``msw``, ``cosine``, ``angular``, ``random``, ``depth``.
+    seed : int
+        Seed of the criterion's randomness (random directions, random order).
+    max_batches : int, optional
+        Use only the first batches of ``loader``.
+
+    Returns
+    -------
+    dict
+        Block name -> score (``msw``: a distance in feature units; others dimensionless).
+    """
+    crit = get_criterion(criterion)
+    if not blocks:
+        raise ValueError("no blocks to score; expected at least one Block")
+    if crit.static_score is not None:
+        return crit.static_score(blocks, seed)
+    if loader is None:
+        raise ValueError(f"criterion {criterion!r} needs calibration data; pass loader=...")
+    assert crit.batch_score is not None
+    batch_score = crit.batch_score
+    sums = {b.name: 0.0 for b in blocks}
+    counts = {b.name: 0 for b in blocks}
+    step = [0]
+
+    def on_block(name: str, x: Tensor, y: Tensor) -> None:
+        n = x.shape[0]
+        if n < 2:
+            return
+        value = float(batch_score(x.flatten(1), y.flatten(1), seed + step[0]))
+        if not math.isfinite(value):
+            raise ValueError(f"criterion {criterion!r} gave {value} for block {name!r}")
+        sums[name] += value * n
+        counts[name] += n
+
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    handles = block_io_hooks(model, [b.name for b in blocks], on_block)
+    try:
+        for i, (x, _) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            model(x.to(device, non_blocking=True))
+            step[0] += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    empty = [name for name, c in counts.items() if c == 0]
+    if empty:
+        raise ValueError(
+            f"no calibration batch of at least 2 samples reached blocks {empty}; "
+            "expected a loader with batches of size >= 2"
+        )
+    return {name: sums[name] / counts[name] for name in sums}
