@@ -1,0 +1,144 @@
+"""The MSW penalty: values, gradients, hooks, warm starts, and its effect on training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _nets import residual_mlp
+
+import lacoot
+from lacoot.ot import max_sliced_wasserstein
+
+
+def _block_io(model, names, x):
+    io = {}
+    handles = [
+        model.get_submodule(n).register_forward_hook(
+            lambda m, a, o, n=n: io.__setitem__(n, (a[0].detach(), o.detach()))
+        )
+        for n in names
+    ]
+    out = model(x)
+    for h in handles:
+        h.remove()
+    return out, io
+
+
+def test_penalty_is_lam_times_mean_block_distance() -> None:
+    torch.manual_seed(0)
+    model = residual_mlp()
+    x = torch.randn(32, 6)
+    blocks = lacoot.find_blocks(model, x)
+    names = [b.name for b in blocks]
+    proj = {}
+    with lacoot.MSWRegularizer(model, blocks, lam=0.7, method="random", seed=3) as reg:
+        _, io = _block_io(model, names, x)
+        penalty = reg.penalty()
+        proj = reg.distances()
+    expected = torch.stack(
+        [
+            max_sliced_wasserstein(X.flatten(1), Y.flatten(1), n_projections=50, seed=3)
+            for X, Y in io.values()
+        ]
+    ).mean()
+    torch.testing.assert_close(penalty, 0.7 * expected, rtol=1e-6, atol=0)
+    assert set(proj) == set(names)
+    torch.testing.assert_close(
+        torch.tensor(list(proj.values())).mean(), expected, rtol=1e-6, atol=0
+    )
+
+
+def test_penalty_gradient_reaches_every_block_parameter() -> None:
+    torch.manual_seed(0)
+    model = residual_mlp()
+    blocks = lacoot.find_blocks(model, torch.randn(4, 6))
+    with lacoot.MSWRegularizer(model, blocks, lam=1.0) as reg:
+        model(torch.randn(16, 6))
+        reg.penalty().backward()
+    for b in blocks:
+        for p in model.get_submodule(b.name).parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+            assert p.grad.abs().sum() > 0
+
+
+def test_ascent_directions_persist_and_warm_start() -> None:
+    torch.manual_seed(0)
+    model = residual_mlp()
+    blocks = lacoot.find_blocks(model, torch.randn(4, 6))
+    x = torch.randn(64, 6)
+    with lacoot.MSWRegularizer(model, blocks, n_iters=0) as reg:
+        model(x)
+        first = reg.penalty().item()
+        dirs = {k: v.clone() for k, v in reg.directions.items()}
+        assert set(dirs) == {b.name for b in blocks}
+        for _ in range(5):
+            model(x)
+            later = reg.penalty().item()
+    # with no ascent step, only warm starts can improve the estimate on the same data
+    assert later >= first - 1e-6
+    assert any(not torch.equal(dirs[k], reg.directions[k]) for k in dirs) or later == first
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 17])
+def test_any_batch_size(batch: int) -> None:
+    model = residual_mlp()
+    blocks = lacoot.find_blocks(model, torch.randn(4, 6))
+    with lacoot.MSWRegularizer(model, blocks) as reg:
+        loss = F.cross_entropy(model(torch.randn(batch, 6)), torch.zeros(batch, dtype=torch.long))
+        penalty = reg.penalty()
+        (loss + penalty).backward()
+    assert penalty.shape == () and torch.isfinite(penalty)
+    if batch == 1:
+        assert penalty.item() == 0.0 and reg.distances() == {}
+    else:
+        assert penalty.item() > 0 and len(reg.distances()) == len(blocks)
+
+
+def test_hooks_removed_on_close() -> None:
+    model = residual_mlp()
+    blocks = lacoot.find_blocks(model, torch.randn(4, 6))
+    with lacoot.MSWRegularizer(model, blocks):
+        assert any(m._forward_hooks for m in model.modules())
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_errors() -> None:
+    model = residual_mlp()
+    blocks = lacoot.find_blocks(model, torch.randn(4, 6))
+    with pytest.raises(ValueError, match="lam=-1"):
+        lacoot.MSWRegularizer(model, blocks, lam=-1.0)
+    with pytest.raises(ValueError, match="method='max'"):
+        lacoot.MSWRegularizer(model, blocks, method="max")
+    with lacoot.MSWRegularizer(model, blocks) as reg, pytest.raises(RuntimeError, match="forward"):
+        reg.penalty()
+
+
+def _train(lam: float, steps: int = 300, seed: int = 0) -> tuple[dict[str, float], float]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(1234)
+    w = torch.randn(6, 3, generator=gen)
+    x = torch.randn(1024, 6, generator=gen)
+    y = (x @ w).argmax(1)
+    model = residual_mlp()
+    blocks = lacoot.find_blocks(model, x[:4])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with lacoot.MSWRegularizer(model, blocks, lam=lam) as reg:
+        for step in range(steps):
+            i = (step * 64) % 1024
+            loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]) + reg.penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    scores = lacoot.score_blocks(model, blocks, [(x[:512], y[:512])], criterion="msw")
+    acc = lacoot.evaluate_accuracy(model, [(x, y)])
+    return scores, acc
+
+
+def test_penalty_shrinks_block_distances_end_to_end() -> None:
+    plain, plain_acc = _train(lam=0.0)
+    regularised, reg_acc = _train(lam=1.0)
+    # every block moves its output distribution closer to its input distribution
+    for name in plain:
+        assert regularised[name] < 0.5 * plain[name], (name, plain[name], regularised[name])
+    assert reg_acc > 80.0 and plain_acc > 80.0
