@@ -84,7 +84,7 @@ def _cosine(X: Tensor, Y: Tensor) -> Tensor:
 
 
 def _angle(X: Tensor, Y: Tensor) -> Tensor:
-    """Angle between rows, ``2 atan2(|x^ - y^|, |x^ + y^|)``: exact near 0, where acos(cos) is not."""
+    """Row-wise angle ``2 atan2(|x^ - y^|, |x^ + y^|)``: exact near 0, unlike ``acos(cos)``."""
     X = torch.nn.functional.normalize(X.float(), dim=1, eps=1e-12)
     Y = torch.nn.functional.normalize(Y.float(), dim=1, eps=1e-12)
     return 2 * torch.atan2((X - Y).norm(dim=1), (X + Y).norm(dim=1))
