@@ -61,7 +61,7 @@ def test_removed_model_equals_identity_model(case: str) -> None:
     torch.manual_seed(0)
     model = build().eval()
     before = model(x)
-    names = [b.name for b in find_blocks(model, x)][::2]
+    names = [b.name for b in find_blocks(model, x)][1::2]
     removed = remove_blocks(model, names).eval()
     replaced = identity_blocks(model, names).eval()
     out = removed(x)
@@ -109,6 +109,10 @@ def test_include_exclude_patterns() -> None:
     x = torch.randn(2, 3, 32, 32)
     names = [b.name for b in find_blocks(model, x, include="layer*.1")]
     assert names == ["layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert [b.name for b in find_blocks(model, x, include="layer1.**.bn2")] == [
+        "layer1.0.bn2",
+        "layer1.1.bn2",
+    ]
     names = [b.name for b in find_blocks(model, x, exclude=["layer1.*"])]
     assert names == ["layer2.1", "layer3.1", "layer4.1"]
     # include may pick single layers too

@@ -20,7 +20,8 @@ This module imports nothing else from lacoot.
 from __future__ import annotations
 
 import copy
-import fnmatch
+import functools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -309,9 +310,10 @@ def find_blocks(
     example_input : Tensor or sequence
         One example batch, e.g. ``(B, C, H, W)``; a sequence is unpacked as positional arguments.
     include : str or list of str, optional
-        Glob patterns over qualified module names (``"layer*.1"``). When given, every collapsible
-        module matching one of them is a block (leaf modules and chains too); a pattern that
-        matches no collapsible module is an error.
+        Glob patterns over qualified module names: ``*`` and ``?`` match within one dotted part,
+        ``**`` across parts (``"layer*.1"`` matches ``layer3.1``, not ``layer3.0.downsample.1``).
+        When given, every collapsible module matching one of them is a block (leaf modules and
+        chains too); a pattern that matches no collapsible module is an error.
     exclude : str or list of str, optional
         Glob patterns of modules to drop from the result.
     use_declared : bool
@@ -338,7 +340,7 @@ def find_blocks(
             matched = [
                 rec
                 for name, rec in calls.items()
-                if name and fnmatch.fnmatchcase(name, pattern) and rec.rejection() is None
+                if name and match_name(name, pattern) and rec.rejection() is None
             ]
             if not matched:
                 raise BlockDiscoveryError(
@@ -359,7 +361,7 @@ def find_blocks(
                 f"Modules passed over:\n{_explain(reasons)}\nName blocks with include=... or "
                 "declare them with a lacoot_blocks() method."
             )
-    chosen = [r for r in chosen if not any(fnmatch.fnmatchcase(r.name, p) for p in excludes)]
+    chosen = [r for r in chosen if not any(match_name(r.name, p) for p in excludes)]
     _check_not_nested((r.name for r in chosen), BlockDiscoveryError)
     batch = _batch_size(example_input)
     return sorted((_make_block(r, macs, batch) for r in chosen), key=lambda b: b.order)
@@ -370,6 +372,40 @@ def _names(blocks: Iterable[str | Block]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"block names repeat in {names}; expected each block once")
     return names
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Module-name glob: ``*`` and ``?`` stay within one dotted part, ``**`` spans parts."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^.]*")
+        elif c == "?":
+            out.append("[^.]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                raise ValueError(f"pattern {pattern!r} has an unclosed '['")
+            body = pattern[i + 1 : end]
+            out.append("[^" + re.escape(body[1:]) + "]" if body.startswith("!") else f"[{body}]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def match_name(name: str, pattern: str) -> bool:
+    """Whether a qualified module name matches a glob pattern (``layer*.1``, ``features.**``)."""
+    return _glob_regex(pattern).match(name) is not None
 
 
 def _split(name: str) -> tuple[str, str]:
