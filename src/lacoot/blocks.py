@@ -394,7 +394,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
             if end < 0:
                 raise ValueError(f"pattern {pattern!r} has an unclosed '['")
             body = pattern[i + 1 : end]
-            out.append("[^" + re.escape(body[1:]) + "]" if body.startswith("!") else f"[{body}]")
+            out.append("[^" + body[1:] + "]" if body.startswith("!") else f"[{body}]")
             i = end + 1
             continue
         else:
