@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from ._flops import flop_counter
 
 __all__ = [
     "count_macs",
@@ -46,7 +47,7 @@ def count_macs(model: nn.Module, example_input: Tensor) -> int:
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             model(example_input)
     finally:
         model.train(was_training)
