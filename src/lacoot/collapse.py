@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import Block, remove_blocks
-from .profile import count_macs, count_params, evaluate_accuracy, measure_latency, model_device
+from .profile import compare_latency, count_macs, count_params, evaluate_accuracy, model_device
 
 __all__ = ["removal_order", "collapse", "sweep", "Sweep", "SweepPoint"]
 
@@ -162,7 +162,8 @@ def sweep(
     latency_batch_sizes : sequence of int
         Batch sizes at which latency is measured (empty: no latency).
     warmup, repeats : int
-        Latency measurement (median of ``repeats`` after ``warmup``).
+        Latency measurement: the ``K + 1`` models take turns, ``repeats`` timed rounds after
+        ``warmup`` untimed ones; the median per model is kept.
     """
     order = removal_order(blocks, scores)
     K = len(order) if max_blocks is None else max_blocks
@@ -175,28 +176,29 @@ def sweep(
             raise ValueError("pass example_input, or a loader to take one sample from")
         example_input = next(iter(source))[0][:1]
     example_input = example_input.to(device)
+    models = [remove_blocks(model, order[:k]) if k else model for k in range(K + 1)]
+    latencies: list[dict[int, float]] = [{} for _ in models]
+    for bs in latency_batch_sizes:
+        batch = example_input.expand(bs, *example_input.shape[1:]).contiguous()
+        timed = compare_latency(models, batch, warmup=warmup, repeats=repeats)
+        for lat, t in zip(latencies, timed, strict=True):
+            lat[bs] = t.median_ms
     points = []
-    for k in range(K + 1):
-        removed = tuple(order[:k])
-        current = remove_blocks(model, removed) if k else model
-        latency = {}
-        for bs in latency_batch_sizes:
-            batch = example_input.expand(bs, *example_input.shape[1:]).contiguous()
-            latency[bs] = measure_latency(current, batch, warmup=warmup, repeats=repeats).median_ms
+    for k, current in enumerate(models):
         points.append(
             SweepPoint(
                 k=k,
-                removed=removed,
+                removed=tuple(order[:k]),
                 val_accuracy=None if val_loader is None else evaluate_accuracy(current, val_loader),
                 test_accuracy=None
                 if test_loader is None
                 else evaluate_accuracy(current, test_loader),
                 macs=count_macs(current, example_input[:1]),
                 params=count_params(current),
-                latency_ms=latency,
+                latency_ms=latencies[k],
             )
         )
-        del current
+    del models
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return Sweep(order=tuple(order), points=tuple(points))

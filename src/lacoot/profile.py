@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +22,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "measure_latency",
+    "compare_latency",
     "evaluate_accuracy",
     "model_device",
     "Latency",
@@ -86,34 +87,55 @@ def measure_latency(
     """Wall-clock time of ``model(example_input)`` in eval mode.
 
     ``warmup`` untimed passes come first; each of the ``repeats`` timed passes is bracketed by a
-    device synchronisation, so asynchronous CUDA kernels are included.
+    device synchronisation, so asynchronous CUDA kernels are included. To compare models, use
+    :func:`compare_latency`, which interleaves them.
+    """
+    return compare_latency([model], example_input, warmup=warmup, repeats=repeats)[0]
+
+
+@torch.no_grad()
+def compare_latency(
+    models: Sequence[nn.Module], example_input: Tensor, warmup: int = 3, repeats: int = 10
+) -> list[Latency]:
+    """Latency of several models on one input, measured side by side.
+
+    The models take turns (one timed pass each per round, ``repeats`` rounds, after ``warmup``
+    untimed rounds), so a change in the machine's load affects them all alike and their ratios
+    stay meaningful on a shared, noisy machine.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(
             f"need repeats >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}"
         )
-    was_training = model.training
-    model.eval()
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
     device = example_input.device
-    times = []
+    times: list[list[float]] = [[] for _ in models]
     try:
-        for _ in range(warmup):
-            model(example_input)
-        for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            model(example_input)
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
+        for round_ in range(warmup + repeats):
+            for i, m in enumerate(models):
+                _sync(device)
+                start = time.perf_counter()
+                m(example_input)
+                _sync(device)
+                if round_ >= warmup:
+                    times[i].append((time.perf_counter() - start) * 1e3)
     finally:
-        model.train(was_training)
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+    batch = int(example_input.shape[0])
+    return [_summary(t, batch) for t in times]
+
+
+def _summary(times: list[float], batch_size: int) -> Latency:
     return Latency(
         median_ms=statistics.median(times),
         mean_ms=statistics.fmean(times),
         std_ms=statistics.stdev(times) if len(times) > 1 else 0.0,
         min_ms=min(times),
-        repeats=repeats,
-        batch_size=int(example_input.shape[0]),
+        repeats=len(times),
+        batch_size=batch_size,
     )
 
 

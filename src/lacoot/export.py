@@ -1,0 +1,129 @@
+"""Save and load the physically shallower model; export it to TorchScript or ONNX.
+
+A ``pt`` file holds the zoo specification of the model, the removed blocks and the state dict;
+:func:`load` rebuilds it without the original checkpoint (``torch.load(weights_only=True)``: no code
+is unpickled). TorchScript and ONNX files stand alone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from ._io import atomic_write_bytes
+from .blocks import remove_blocks
+
+__all__ = ["save_model", "load", "export_torchscript", "export_onnx", "FORMATS"]
+
+MODEL_FORMAT = 1
+FORMATS = ("pt", "torchscript", "onnx")
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: nn.Module,
+    spec: dict[str, Any],
+    removed: Sequence[str],
+) -> None:
+    """Write a collapsed zoo model: ``spec`` (``name``, ``num_classes``, ``in_channels``,
+    ``kwargs``), the removed block names (original numbering) and the weights."""
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "kind": "lacoot-model",
+            "format": MODEL_FORMAT,
+            "lacoot_version": __version__,
+            "model_spec": spec,
+            "removed": list(removed),
+            "state_dict": model.state_dict(),
+        },
+        buffer,
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` (or ``lacoot export --format pt``), in eval mode.
+
+    Raises ``ValueError`` naming the file if it is missing, unreadable, not a lacoot model, or its
+    weights do not fit its specification.
+    """
+    from .models import create
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"model file {str(path)!r} cannot be read safely ({first})") from None
+    if not isinstance(state, dict) or state.get("kind") != "lacoot-model":
+        raise ValueError(f"{str(path)!r} is not a lacoot model file (see lacoot export)")
+    spec = state["model_spec"]
+    model = create(
+        spec["name"],
+        num_classes=spec["num_classes"],
+        in_channels=spec["in_channels"],
+        **spec.get("kwargs", {}),
+    )
+    model = remove_blocks(model, state["removed"])
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"weights in {str(path)!r} do not fit {spec['name']} ({first})") from None
+    return model.to(map_location).eval()
+
+
+def _write_via_temp(path: Path, write: Any) -> None:
+    """Let ``write(tmp_path)`` produce the file, then move it into place atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_torchscript(model: nn.Module, example_input: Tensor, path: str | os.PathLike) -> None:
+    """Trace ``model`` (eval mode) on ``example_input`` and save it as a TorchScript file."""
+    model = model.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example_input)
+    _write_via_temp(Path(path), lambda tmp: torch.jit.save(traced, tmp))
+
+
+def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike) -> None:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch dimension (needs ``onnx``)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "ONNX export needs the onnx package: pip install 'lacoot[onnx]'"
+        ) from None
+    model = model.eval()
+
+    def write(tmp: str) -> None:
+        torch.onnx.export(
+            model,
+            (example_input,),
+            tmp,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+
+    _write_via_temp(Path(path), write)

@@ -1,0 +1,163 @@
+"""Tables and plots of a collapse sweep: report.json, report.md and accuracy_vs_macs.png."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["markdown_table", "write_report", "plot_sweeps", "render_markdown"]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; floats are printed as given (format them first)."""
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |"]
+    lines.append("|" + "|".join("---" for _ in headers) + "|")
+    lines.extend("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The human-readable report: the chosen collapse, the sweep, and the other orders."""
+    env = report["environment"]
+    crit = report["criterion"]
+    points = report["sweeps"][crit]["points"]
+    full = points[0]
+    chosen = report["chosen"]
+    spec = report["model_spec"]
+    out = [
+        f"# lacoot report: {spec['name']} on {report['data_spec']['dataset']}\n",
+        f"- command: `{env['command']}`",
+        f"- date: {env['date']}; device: {env['device']}; torch {env['torch']}; "
+        f"lacoot {env['lacoot']}; {env['platform']}",
+        f"- seed: {report['seed']}; checkpoint: `{report['checkpoint']}`",
+    ]
+    tc = report.get("train_config") or {}
+    if tc:
+        out.append(
+            f"- training: {tc['epochs']} epochs, lambda = {tc['lam']}, {tc['optimizer']} "
+            f"lr {tc['lr']} ({tc['schedule']}), MSW estimator `{tc['method']}`"
+        )
+    budget = ", ".join(f"{k} = {v}" for k, v in report["budget"].items() if v is not None)
+    latencies = sorted(full["latency_ms"], key=int)
+    out += [
+        f"- block order: `{crit}`; budget: {budget}\n",
+        "## Chosen collapse\n",
+        f"{chosen['k']} of {len(points) - 1} blocks removed "
+        f"({', '.join(chosen['removed']) or 'none'}): test accuracy "
+        f"{_fmt(full['test_accuracy'])}% -> {_fmt(chosen['test_accuracy'])}%, "
+        f"MACs {full['macs'] / 1e6:.2f} M -> {chosen['macs'] / 1e6:.2f} M "
+        f"({chosen['macs'] / full['macs']:.1%}), parameters {full['params'] / 1e6:.3f} M -> "
+        f"{chosen['params'] / 1e6:.3f} M"
+        + "".join(
+            f", latency at batch {b} {full['latency_ms'][b]:.2f} ms -> "
+            f"{chosen['latency_ms'][b]:.2f} ms"
+            for b in latencies
+        )
+        + ". Validation accuracy chose it; test accuracy is reported.\n",
+        f"## Sweep (`{crit}` order)\n",
+    ]
+    headers = ["k", "removed", "val acc %", "test acc %", "MACs (M)", "MACs %", "params (M)"]
+    headers += [f"latency b={b} (ms)" for b in latencies]
+    rows = []
+    for p in points:
+        row = [
+            p["k"],
+            p["removed"][-1] if p["removed"] else "-",
+            _fmt(p["val_accuracy"]),
+            _fmt(p["test_accuracy"]),
+            f"{p['macs'] / 1e6:.2f}",
+            f"{p['macs'] / full['macs']:.1%}",
+            f"{p['params'] / 1e6:.3f}",
+        ]
+        row += [f"{p['latency_ms'][b]:.2f}" for b in latencies]
+        rows.append(row)
+    out.append(markdown_table(headers, rows))
+    if len(report["sweeps"]) > 1:
+        out.append("## Test accuracy (%) by block order\n")
+        names = list(report["sweeps"])
+        rows = []
+        for k in range(len(points)):
+            rows.append(
+                [k, f"{points[k]['macs'] / 1e6:.2f}"]
+                + [_fmt(report["sweeps"][n]["points"][k]["test_accuracy"]) for n in names]
+            )
+        out.append(
+            "MACs are those of the "
+            f"`{crit}` order; other orders remove other blocks, so their MACs differ.\n"
+        )
+        out.append(markdown_table(["k", "MACs (M)", *names], rows))
+    out.append("## Block scores\n")
+    names = list(report["scores"])
+    rows = [
+        [b["name"], f"{b['macs'] / 1e6:.2f}"]
+        + [f"{report['scores'][n][b['name']]:.4g}" for n in names]
+        for b in report["blocks"]
+    ]
+    out.append(markdown_table(["block", "MACs (M)", *names], rows))
+    return "\n".join(out)
+
+
+def plot_sweeps(
+    path: str | os.PathLike, sweeps: dict[str, dict[str, Any]], title: str = ""
+) -> bool:
+    """Accuracy against MACs and against removed blocks, one curve per sweep.
+
+    ``sweeps`` maps a label to a sweep dictionary (:meth:`lacoot.Sweep.to_dict`). Returns
+    ``False`` (with a warning) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn("matplotlib is not installed: no plot written", stacklevel=2)
+        return False
+    fig, (ax_macs, ax_k) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, sw in sweeps.items():
+        pts = sw["points"]
+        acc = [
+            p["test_accuracy"] if p["test_accuracy"] is not None else p["val_accuracy"] for p in pts
+        ]
+        ax_macs.plot([p["macs"] / 1e6 for p in pts], acc, marker="o", ms=3, label=label)
+        ax_k.plot([p["k"] for p in pts], acc, marker="o", ms=3, label=label)
+    ax_macs.set_xlabel("MACs per image (M)")
+    ax_macs.invert_xaxis()
+    ax_k.set_xlabel("blocks removed")
+    for ax in (ax_macs, ax_k):
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return True
+
+
+def write_report(out_dir: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write ``report.json``, ``report.md`` and ``accuracy_vs_macs.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", render_markdown(report))
+    spec = report["model_spec"]
+    plot_sweeps(
+        out / "accuracy_vs_macs.png",
+        {f"{spec['name']} ({name} order)": sw for name, sw in report["sweeps"].items()},
+        title=f"{spec['name']} on {report['data_spec']['dataset']}",
+    )
