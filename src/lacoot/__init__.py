@@ -10,9 +10,11 @@ __version__ = "0.1.0"
 from .blocks import Block, BlockDiscoveryError, find_blocks, identity_blocks, remove_blocks
 from .collapse import Sweep, SweepPoint, collapse, removal_order, sweep
 from .criteria import list_criteria, register_criterion, score_blocks
+from .export import load, save_model
 from .ot import max_sliced_wasserstein, sliced_wasserstein, wasserstein_1d
 from .profile import count_macs, count_params, evaluate_accuracy, measure_latency
 from .regularizer import MSWRegularizer
+from .train import TrainConfig, train
 
 __all__ = [
     "__version__",
@@ -21,6 +23,7 @@ __all__ = [
     "MSWRegularizer",
     "Sweep",
     "SweepPoint",
+    "TrainConfig",
     "collapse",
     "count_macs",
     "count_params",
@@ -28,13 +31,16 @@ __all__ = [
     "find_blocks",
     "identity_blocks",
     "list_criteria",
+    "load",
     "max_sliced_wasserstein",
     "measure_latency",
     "register_criterion",
     "removal_order",
     "remove_blocks",
+    "save_model",
     "score_blocks",
     "sliced_wasserstein",
     "sweep",
+    "train",
     "wasserstein_1d",
 ]

@@ -1,0 +1,226 @@
+"""The ``lacoot`` command as a user runs it: in a subprocess, on tiny data in the real format."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from _data import write_idx_dataset
+
+import lacoot
+from lacoot.pipeline import model_from_checkpoint
+from lacoot.train import load_checkpoint, save_checkpoint
+
+TINY = ["--batch-size", "32", "--no-progress", "--latency-repeats", "2"]
+
+
+def lacoot_cmd(*args: str, cwd: Path, check: int | None = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LACOOT_DATA": str(cwd / "data"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lacoot.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check is not None:
+        assert proc.returncode == check, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    write_idx_dataset(root / "data", n_train=224, n_test=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(work: Path) -> Path:
+    lacoot_cmd(
+        "train", "--epochs", "2", "--out", "run", "--lr", "0.05", "--batch-size", "32",
+        "--no-progress", cwd=work,
+    )  # fmt: skip
+    return work / "run" / "checkpoint.pt"
+
+
+def test_help_documents_every_subcommand(work: Path) -> None:
+    out = lacoot_cmd("--help", cwd=work).stdout
+    for sub in ("train", "score", "collapse", "export", "run"):
+        assert sub in out
+        assert "usage: lacoot " + sub in lacoot_cmd(sub, "--help", cwd=work).stdout
+
+
+def test_train_writes_checkpoint_and_logs(trained: Path) -> None:
+    run = trained.parent
+    history = json.loads((run / "log.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    msw = [k for k in history[0] if k.startswith("msw/")]
+    assert len(msw) == 7  # resnet20: 7 collapsible blocks
+    assert (run / "log.csv").read_text().splitlines()[0].startswith("epoch,")
+    state = load_checkpoint(trained)
+    assert state["epoch"] == 2 and state["model_spec"]["name"] == "resnet20"
+    assert json.loads((run / "config.json").read_text())["seed"] == 0
+
+
+def test_score_prints_every_block(trained: Path, work: Path) -> None:
+    out = lacoot_cmd("score", str(trained), "--criterion", "msw", "cosine", cwd=work).stdout
+    scores = json.loads(out)
+    assert set(scores) == {"msw", "cosine"}
+    assert len(scores["msw"]) == 7 and all(v >= 0 for v in scores["msw"].values())
+
+
+def test_collapse_writes_report_and_plot(trained: Path, work: Path) -> None:
+    lacoot_cmd(
+        "collapse", str(trained), "--blocks", "3", "--out", "col", "--compare", "depth",
+        "--latency-batch-sizes", "1", "--latency-repeats", "2", cwd=work,
+    )  # fmt: skip
+    report = json.loads((work / "col" / "report.json").read_text())
+    assert report["chosen"]["k"] == 3 and len(report["chosen"]["removed"]) == 3
+    points = report["sweeps"]["msw"]["points"]
+    assert [p["k"] for p in points] == list(range(8))
+    assert all(a["macs"] > b["macs"] for a, b in zip(points, points[1:], strict=False))
+    assert set(report["sweeps"]) == {"msw", "depth"}
+    md = (work / "col" / "report.md").read_text()
+    assert "## Sweep" in md and "latency b=1" in md
+    png = (work / "col" / "accuracy_vs_macs.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    shallow = lacoot.load(work / "col" / "shallow.pt")
+    assert lacoot.count_macs(shallow, torch.zeros(1, 1, 28, 28)) == report["chosen"]["macs"]
+
+
+@pytest.mark.parametrize("fmt", ["pt", "torchscript", "onnx"])
+def test_export_round_trip(trained: Path, work: Path, fmt: str) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    target = work / f"shallow.{fmt}"
+    out = lacoot_cmd(
+        "export", str(trained), "--blocks", "layer1.1,layer3.2", "--format", fmt,
+        "--output", str(target), cwd=work,
+    ).stdout  # fmt: skip
+    assert target.is_file()
+    state = load_checkpoint(trained)
+    model, _, _ = model_from_checkpoint(state, trained, torch.device("cpu"))
+    expected_model = lacoot.remove_blocks(model, ["layer1.1", "layer3.2"]).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        want = expected_model(x)
+        if fmt == "pt":
+            got = lacoot.load(target)(x)
+        elif fmt == "torchscript":
+            got = torch.jit.load(str(target))(x)
+        else:
+            ort = pytest.importorskip("onnxruntime")
+            assert "onnxruntime check" in out
+            sess = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+    assert got.shape == (4, 10) and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_after_kill_matches_uninterrupted(work: Path) -> None:
+    args = ["train", "--epochs", "4", "--lr", "0.05", *TINY[:3], "--schedule", "cosine"]
+    lacoot_cmd(*args, "--out", "full", cwd=work)
+    env = {**os.environ, "LACOOT_DATA": str(work / "data")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lacoot.cli", *args, "--out", "killed"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    log = work / "killed" / "log.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(json.loads(log.read_text() or "[]")) >= 1:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(work / "killed" / "checkpoint.pt")["epoch"]
+    assert 1 <= killed_at < 4, "the run was not interrupted; make it slower"
+    lacoot_cmd(*args, "--out", "killed", "--resume", cwd=work)
+    a = load_checkpoint(work / "full" / "checkpoint.pt")["model"]
+    b = load_checkpoint(work / "killed" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_config_file_and_flags(work: Path) -> None:
+    (work / "cfg.yaml").write_text("epochs: 1\nlam: 0.5\nbatch-size: 32\nprogress: false\n")
+    lacoot_cmd("train", "--config", "cfg.yaml", "--lam", "0.25", "--out", "cfgrun", cwd=work)
+    saved = json.loads((work / "cfgrun" / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["lam"] == 0.25 and saved["batch_size"] == 32
+
+
+def test_run_end_to_end(work: Path) -> None:
+    lacoot_cmd(
+        "run", "--epochs", "1", "--out", "main", "--latency-batch-sizes", "1", *TINY,
+        "--max-macs", "0.6", cwd=work,
+    )  # fmt: skip
+    main = work / "main"
+    for name in (
+        "checkpoint.pt",
+        "report.json",
+        "report.md",
+        "accuracy_vs_macs.png",
+        "config.yaml",
+    ):
+        assert (main / name).is_file(), name
+    report = json.loads((main / "report.json").read_text())
+    assert report["chosen"]["macs"] <= 0.6 * report["full_macs"]
+    assert report["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--model", "resnet9", "--out", "x"], "unknown model 'resnet9'; valid names: "),
+        (["train", "--dataset", "imagenet21k", "--out", "x"], "unknown dataset 'imagenet21k'"),
+        (["train", "--lam", "-1", "--out", "x"], "lam=-1.0"),
+        (["train", "--epochs", "0", "--out", "x"], "epochs=0"),
+        (["score", "missing.pt"], "does not exist"),
+        (["collapse", "missing.pt", "--max-drop", "1"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2(work: Path, args: list[str], message: str) -> None:
+    proc = lacoot_cmd(*args, cwd=work, check=2)
+    assert message in proc.stderr
+    assert not (work / "x").exists()
+
+
+def test_bad_files_and_budgets_exit_2(trained: Path, work: Path) -> None:
+    (work / "garbage.pt").write_bytes(b"not a checkpoint")
+    assert "cannot be read safely" in lacoot_cmd("score", "garbage.pt", cwd=work, check=2).stderr
+    truncated = work / "truncated.pt"
+    truncated.write_bytes(trained.read_bytes()[:5000])
+    assert "cannot be read" in lacoot_cmd("score", str(truncated), cwd=work, check=2).stderr
+    state = load_checkpoint(trained)
+    state["model_spec"] = {**state["model_spec"], "name": "resnet32"}
+    save_checkpoint(work / "other.pt", {k: v for k, v in state.items() if k != "format"})
+    err = lacoot_cmd("score", str(work / "other.pt"), cwd=work, check=2).stderr
+    assert "does not fit model 'resnet32'" in err
+    err = lacoot_cmd(
+        "collapse", str(trained), "--max-macs", "0.01", "--compare", "--out", "imp", cwd=work,
+        check=2,
+    ).stderr  # fmt: skip
+    assert "no collapse meets" in err
+    err = lacoot_cmd("train", "--epochs", "1", "--out", "run", cwd=work, check=2).stderr
+    assert "already holds results" in err and "--overwrite" in err
+    (work / "bad.yaml").write_text("epochs: 1\nlamda: 2\n")
+    err = lacoot_cmd("train", "--config", "bad.yaml", "--out", "y", cwd=work, check=2).stderr
+    assert "unknown options ['lamda']" in err
+    (work / "badtype.yaml").write_text("epochs: many\n")
+    err = lacoot_cmd("train", "--config", "badtype.yaml", "--out", "y", cwd=work, check=2).stderr
+    assert "epochs='many'" in err
+    # the earlier results are intact
+    assert load_checkpoint(trained)["epoch"] == 2
