@@ -18,6 +18,8 @@ import lacoot
 from lacoot.pipeline import model_from_checkpoint
 from lacoot.train import load_checkpoint, save_checkpoint
 
+# A narrow resnet20 (4/4/8 channels) keeps every command to seconds on two CPU cores.
+NARROW = ["--model-arg", "widths=[4, 4, 8]"]
 TINY = ["--batch-size", "32", "--no-progress", "--latency-repeats", "2"]
 
 
@@ -47,7 +49,7 @@ def work(tmp_path_factory) -> Path:
 def trained(work: Path) -> Path:
     lacoot_cmd(
         "train", "--epochs", "2", "--out", "run", "--lr", "0.05", "--batch-size", "32",
-        "--no-progress", cwd=work,
+        "--no-progress", *NARROW, cwd=work,
     )  # fmt: skip
     return work / "run" / "checkpoint.pt"
 
@@ -127,7 +129,7 @@ def test_export_round_trip(trained: Path, work: Path, fmt: str) -> None:
 
 
 def test_resume_after_kill_matches_uninterrupted(work: Path) -> None:
-    args = ["train", "--epochs", "4", "--lr", "0.05", *TINY[:3], "--schedule", "cosine"]
+    args = ["train", "--epochs", "4", "--lr", "0.05", *TINY[:3], "--schedule", "cosine", *NARROW]
     lacoot_cmd(*args, "--out", "full", cwd=work)
     env = {**os.environ, "LACOOT_DATA": str(work / "data")}
     proc = subprocess.Popen(
@@ -157,14 +159,16 @@ def test_resume_after_kill_matches_uninterrupted(work: Path) -> None:
 
 def test_config_file_and_flags(work: Path) -> None:
     (work / "cfg.yaml").write_text("epochs: 1\nlam: 0.5\nbatch-size: 32\nprogress: false\n")
-    lacoot_cmd("train", "--config", "cfg.yaml", "--lam", "0.25", "--out", "cfgrun", cwd=work)
+    lacoot_cmd(
+        "train", "--config", "cfg.yaml", "--lam", "0.25", "--out", "cfgrun", *NARROW, cwd=work
+    )
     saved = json.loads((work / "cfgrun" / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["lam"] == 0.25 and saved["batch_size"] == 32
 
 
 def test_run_end_to_end(work: Path) -> None:
     lacoot_cmd(
-        "run", "--epochs", "1", "--out", "main", "--latency-batch-sizes", "1", *TINY,
+        "run", "--epochs", "1", "--out", "main", "--latency-batch-sizes", "1", *TINY, *NARROW,
         "--max-macs", "0.6", cwd=work,
     )  # fmt: skip
     main = work / "main"

@@ -45,7 +45,8 @@ _HELP = {
     "n_iters": "ascent steps per training step",
     "criterion": "block order: msw, cosine, angular, random or depth",
     "compare": "other block orders measured for comparison",
-    "max_drop": "largest validation-accuracy drop allowed, in percentage points",
+    "max_drop": "largest validation-accuracy drop allowed, in percentage points (run: 1.0 when "
+    "no other budget is given)",
     "max_macs": "largest MACs allowed, as a fraction of the full model's",
     "blocks": "remove exactly this many blocks",
     "latency_batch_sizes": "batch sizes at which latency is measured",

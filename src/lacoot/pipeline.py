@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 
+DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
+
+
 @dataclass
 class RunConfig:
     """Everything one ``lacoot`` run depends on (flat: the keys are the command-line options)."""
@@ -76,7 +79,7 @@ class RunConfig:
     # scoring and collapse
     criterion: str = "msw"
     compare: list[str] = field(default_factory=lambda: ["cosine", "random", "depth"])
-    max_drop: float | None = 1.0  # percentage points of validation accuracy
+    max_drop: float | None = None  # points of validation accuracy; 1.0 if no budget is given
     max_macs: float | None = None  # fraction of the full model's MACs
     blocks: int | None = None  # remove exactly this many blocks
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 128])
@@ -429,12 +432,13 @@ def run_collapse(
 def run_all(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """The main job: train with LaCoOT, then collapse and report into ``cfg.out``."""
     ckpt, _ = run_training(cfg, overwrite=overwrite, resume=resume)
+    no_budget = cfg.max_drop is None and cfg.max_macs is None and cfg.blocks is None
     return run_collapse(
         ckpt,
         cfg.out,
         criterion=cfg.criterion,
         compare=cfg.compare,
-        max_drop=cfg.max_drop,
+        max_drop=DEFAULT_MAX_DROP if no_budget else cfg.max_drop,
         max_macs=cfg.max_macs,
         blocks=cfg.blocks,
         device=cfg.device,
