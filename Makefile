@@ -1,5 +1,5 @@
 # The two commands of the README. Both set everything up from a fresh clone.
-.PHONY: setup test lint
+.PHONY: setup test run lint
 
 setup:
 	scripts/setup.sh dev
@@ -9,6 +9,13 @@ test:
 	scripts/setup.sh test,cli
 	.venv/bin/python -m ruff check src tests benchmarks
 	.venv/bin/python -m pytest -q
+
+# Set up, install the embedded default dataset (Fashion-MNIST) and run the main job:
+# train resnet20 with LaCoOT, collapse, and report into runs/main.
+run:
+	scripts/setup.sh cli
+	scripts/get-data.sh
+	.venv/bin/lacoot run --out runs/main --overwrite
 
 lint:
 	.venv/bin/python -m ruff check src tests benchmarks
