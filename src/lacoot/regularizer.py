@@ -60,7 +60,8 @@ class MSWRegularizer:
         Random directions of the ``random`` estimator.
     n_iters, n_starts : int
         Ascent steps per training step and random starts of the ``ascent`` estimator; the defaults
-        (2 steps, no random start) rely on the warm start carried across steps.
+        (2 steps, no random start, only the best start ascended) rely on the warm start carried
+        across steps. A block's first step (no warm start yet) uses a thorough search instead.
     p : float
         Wasserstein order.
     seed : int, optional
@@ -120,17 +121,27 @@ class MSWRegularizer:
         init = self.directions.get(name)
         if init is not None and (init.shape[0] != X.shape[1] or init.device != X.device):
             init = None
+        # Without a warm start (first step, new input size) search thoroughly once; afterwards the
+        # carried direction plus a few steps tracks the maximum as the features change.
+        search = (
+            {"n_iters": self.n_iters, "n_starts": self.n_starts, "n_ascend": 1}
+            if init is not None
+            else {
+                "n_iters": max(self.n_iters, 10),
+                "n_starts": max(self.n_starts, 16),
+                "n_ascend": 4,
+            }
+        )
         value, direction = max_sliced_wasserstein(
             X,
             Y,
             p=self.p,
             seed=seed,
             method="ascent",
-            n_iters=self.n_iters,
-            n_starts=self.n_starts,
             init=init,
             return_direction=True,
             validate=False,
+            **search,
         )
         self.directions[name] = direction
         return value
