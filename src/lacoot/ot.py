@@ -266,7 +266,13 @@ def _step_angles(power_angle: Tensor, n_grid: int = 8, n_halvings: int = 10) -> 
 
 @torch.no_grad()
 def _ascend_direction(
-    X: Tensor, Y: Tensor, theta: Tensor, p: float, n_iters: int, tol: float
+    X: Tensor,
+    Y: Tensor,
+    theta: Tensor,
+    p: float,
+    n_iters: int,
+    tol: float,
+    projected: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Maximise ``f(theta) = W_p^p(X theta, Y theta)`` over the unit sphere from ``theta: (d,)``.
 
@@ -279,10 +285,14 @@ def _ascend_direction(
     angle (the exact maximiser when the sorting permutations do not change, ``p = 2``), its
     halvings and a uniform grid. The ascent stops when no trial increases ``f`` or the direction
     moves by less than ``1 - cos < tol``. Returns the direction and ``f`` there; the search itself
-    is not differentiated.
+    is not differentiated. ``projected`` are ``(X theta, Y theta)`` when already computed
+    (``theta`` must then be a unit vector).
     """
-    theta = theta / theta.norm()
-    px, py = X @ theta, Y @ theta
+    if projected is None:
+        theta = theta / theta.norm()
+        px, py = X @ theta, Y @ theta
+    else:
+        px, py = projected
     val = _wasserstein_1d_pow(px, py, p)
     for _ in range(n_iters):
         grad = _gradient(X, Y, px, py, p)
@@ -339,8 +349,9 @@ def max_sliced_wasserstein(
       projections it equals POT's ``ot.max_sliced_wasserstein_distance``.
     * ``method="ascent"``: the direction itself is optimised by projected (normalised) gradient
       ascent on the unit sphere, at most ``n_iters`` steps from each of several starts: ``init``
-      (a warm start, e.g. the direction returned at the previous training step), the difference of
-      the two means, any given ``projections`` and ``n_starts`` random directions are ranked by
+      (a warm start, e.g. the direction returned at the previous training step) or, without one,
+      the difference of the two means, any given ``projections`` and ``n_starts`` random
+      directions are ranked by
       their value and the ``n_ascend`` best are ascended, each with an exact line search along
       great circles (see ``_ascend_direction``). The best direction seen is kept, so with unit
       ``projections`` the result is never below the random estimate on them. Also a lower bound of
@@ -410,12 +421,14 @@ def max_sliced_wasserstein(
             if init.dim() != 2 or init.shape[0] != d:
                 raise ValueError(f"init has shape {tuple(init.shape)}; expected ({d},) or ({d}, k)")
             starts.append(init)
-        # Means as matrix-vector products: faster than a column reduction for n << d.
-        mean_x = Xd.T @ Xd.new_full((Xd.shape[0],), 1.0 / Xd.shape[0])
-        mean_y = Yd.T @ Yd.new_full((Yd.shape[0],), 1.0 / Yd.shape[0])
-        if validate:
-            _check_finite(X, Y, mean_x, mean_y)
-        starts.append((mean_x - mean_y).unsqueeze(1))
+        else:
+            # Cold start: the difference of the means, as matrix-vector products (faster than a
+            # column reduction for n << d).
+            mean_x = Xd.T @ Xd.new_full((Xd.shape[0],), 1.0 / Xd.shape[0])
+            mean_y = Yd.T @ Yd.new_full((Yd.shape[0],), 1.0 / Yd.shape[0])
+            if validate:
+                _check_finite(X, Y, mean_x, mean_y)
+            starts.append((mean_x - mean_y).unsqueeze(1))
         if projections is not None:
             starts.append(_resolve_projections(X, projections, n_projections, seed))
         if n_starts > 0:
@@ -428,12 +441,18 @@ def max_sliced_wasserstein(
         # Rank every start by its value (matrix-vector products for a few, one product for many:
         # for n << d the latter is slower per column), then ascend the best ones.
         if cand.shape[1] <= 4:
-            values = torch.stack([_wasserstein_1d_pow(Xd @ c, Yd @ c, p) for c in cand.unbind(1)])
+            proj_x = torch.stack([Xd @ c for c in cand.unbind(1)])  # (K, n)
+            proj_y = torch.stack([Yd @ c for c in cand.unbind(1)])  # (K, m)
         else:
-            values = _wasserstein_1d_pow((Xd @ cand).T, (Yd @ cand).T, p)
+            proj_x, proj_y = (Xd @ cand).T, (Yd @ cand).T
+        if validate and init is not None:
+            _check_finite(X, Y, proj_x, proj_y)
+        values = _wasserstein_1d_pow(proj_x, proj_y, p)
         best_val, direction = None, cand[:, 0]
         for k in values.topk(min(n_ascend, cand.shape[1])).indices.tolist():
-            theta, val = _ascend_direction(Xd, Yd, cand[:, k], p, n_iters, tol)
+            theta, val = _ascend_direction(
+                Xd, Yd, cand[:, k], p, n_iters, tol, projected=(proj_x[k], proj_y[k])
+            )
             if best_val is None or val > best_val:
                 best_val, direction = val, theta
         best = best_val
