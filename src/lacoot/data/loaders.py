@@ -167,6 +167,7 @@ class _PlannedLoader:
         if self.augment and (self.pad > 0 or self.flip):
             gen = epoch_generator(self.seed, self.epoch, self.rank, 1)
             off, fl = sample_augment_params(idx.numel(), self.pad, self.flip, gen)
+            off, fl = off.to(self.device), fl.to(self.device)  # one copy per epoch
         start, self._start_batch = self._start_batch, 0
         return idx, off, fl, range(min(start, len(self)), len(self))
 
