@@ -282,7 +282,8 @@ def train(
     model : nn.Module
         Trained in place, moved to ``device``.
     blocks : list of Block
-        The collapsible blocks to regularise (from :func:`lacoot.find_blocks`).
+        The collapsible blocks to regularise (from :func:`lacoot.find_blocks`); with
+        ``cfg.lam == 0`` they are not hooked and no distance is logged.
     train_loader, val_loader : iterable of (inputs, labels)
         Batches; a loader with ``set_epoch(epoch)`` is told the epoch before each pass.
     cfg : TrainConfig
@@ -324,8 +325,8 @@ def train(
             n_iters=cfg.n_iters,
             seed=cfg.seed,
         )
-        if blocks
-        else None
+        if blocks and cfg.lam > 0
+        else None  # vanilla training: no penalty, and no per-step distance cost either
     )
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -340,7 +341,7 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        if reg is not None:
+        if reg is not None and state["regularizer"]["directions"]:
             reg.steps = int(state["regularizer"]["steps"])
             reg.directions = {k: v.to(dev) for k, v in state["regularizer"]["directions"].items()}
         _set_rng_state(state["rng"])
