@@ -62,7 +62,7 @@ class RunConfig:
     out: str = "runs/lacoot"
     # training (see TrainConfig)
     epochs: int = 4
-    lam: float = 1.0
+    lam: float = 0.1  # measured: docs/benchmarks/lambda_choice.md
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9

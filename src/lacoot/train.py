@@ -52,7 +52,7 @@ class TrainConfig:
     """Hyper-parameters of one training run (units in the comments)."""
 
     epochs: int = 10  # passes over the training split
-    lam: float = 1.0  # weight of the MSW penalty; 0 trains the vanilla model
+    lam: float = 0.1  # weight of the MSW penalty; 0 trains the vanilla model
     optimizer: str = "sgd"  # "sgd" (momentum, nesterov) or "adamw"
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9
