@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import lacoot
+from lacoot._io import atomic_write_text
 from lacoot.data import ImageDataset, TensorLoader, load_dataset
 
 
@@ -95,23 +95,6 @@ def summarise(name: str, times: list[float], n_batches: int, batch_size: int) ->
         "batches": n_batches,
         "images": n_batches * batch_size,
     }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -214,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_met": fast / best_baseline >= 10.0,
     }
     out = Path(args.out)
-    write_atomic(Path(f"{out}.json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(Path(f"{out}.json"), json.dumps(report, indent=2) + "\n")
     lines = [
         "# Data loading throughput: TensorLoader vs per-image DataLoader",
         "",
@@ -241,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{torch.get_num_threads()} torch threads.",
         "",
     ]
-    write_atomic(Path(f"{out}.md"), "\n".join(lines))
+    atomic_write_text(Path(f"{out}.md"), "\n".join(lines))
     print(f"speedup vs best baseline: {fast / best_baseline:.1f}x -> {out}.json, {out}.md")
     return report
 

@@ -55,14 +55,15 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import ot
 import torch
+from _common import cpu_model, loadavg
 
+from lacoot._io import atomic_write_text
 from lacoot.ot import max_sliced_wasserstein, random_projections
 
 N_PROJ = 50
@@ -255,22 +256,6 @@ def bench_size(n: int, d: int, args: argparse.Namespace, device: torch.device) -
 # ------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def to_markdown(result: dict[str, object]) -> str:
     meta = result["meta"]
     lines = [
@@ -335,24 +320,6 @@ def to_markdown(result: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:  # not available on this platform
-        return None
-
-
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     sizes = []
     for item in text.split(","):
@@ -376,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         parser.error("need --repeats >= 1, --warmup >= 0 and --warm-steps >= 1")
     device = torch.device(args.device)
 
-    loadavg_before = _loadavg()
+    loadavg_before = loadavg()
     sizes = []
     for n, d in parse_sizes(args.sizes):
         print(f"n={n} d={d} ...", file=sys.stderr, flush=True)
@@ -399,12 +366,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "python": platform.python_version(),
             "torch_threads": torch.get_num_threads(),
             "loadavg_before": loadavg_before,
-            "loadavg_after": _loadavg(),
+            "loadavg_after": loadavg(),
             "machine": {
                 "platform": platform.platform(),
                 "machine": uname.machine,
                 "processor": uname.processor,
-                "cpu_model": _cpu_model(),
+                "cpu_model": cpu_model(),
                 "node": uname.node,
                 "cpu_count": os.cpu_count(),
                 "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -413,9 +380,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "sizes": sizes,
     }
     out = Path(args.out)
-    _atomic_write(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     md = to_markdown(result)
-    _atomic_write(out.with_suffix(".md"), md)
+    atomic_write_text(out.with_suffix(".md"), md)
     print(md)
     return result
 
