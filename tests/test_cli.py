@@ -70,6 +70,12 @@ def test_train_writes_checkpoint_and_logs(trained: Path) -> None:
     assert (run / "log.csv").read_text().splitlines()[0].startswith("epoch,")
     state = load_checkpoint(trained)
     assert state["epoch"] == 2 and state["model_spec"]["name"] == "resnet20"
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        assert any((run / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((run / "config.json").read_text())["seed"] == 0
 
 

@@ -250,6 +250,17 @@ def _evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> tuple
     return loss_sum / max(total, 1), 100.0 * correct / max(total, 1)
 
 
+def _tensorboard(out_dir: Path | None) -> Any:
+    """A TensorBoard writer into ``out_dir/tensorboard`` when tensorboard is installed."""
+    if out_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+
 def _write_logs(out_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(out_dir / "log.json", json.dumps(history, indent=2))
     keys: list[str] = []
@@ -288,7 +299,8 @@ def train(
         Batches; a loader with ``set_epoch(epoch)`` is told the epoch before each pass.
     cfg : TrainConfig
     out_dir : path, optional
-        Where ``checkpoint.pt`` (after every epoch), ``log.json`` and ``log.csv`` go.
+        Where ``checkpoint.pt`` (after every epoch), ``log.json`` and ``log.csv`` go, and
+        TensorBoard event files (``tensorboard/``) when tensorboard is installed.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
     resume : bool
@@ -347,6 +359,7 @@ def train(
         _set_rng_state(state["rng"])
         history = list(state["history"])
         start_epoch = int(state["epoch"])
+    board = _tensorboard(out)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -405,6 +418,11 @@ def train(
             for name in sorted(dist_sums, key=lambda k: [b.name for b in blocks].index(k)):
                 row[f"msw/{name}"] = dist_sums[name] / dist_counts[name]
             history.append(row)
+            if board is not None:
+                for key, value in row.items():
+                    if key != "epoch":
+                        board.add_scalar(key, value, epoch + 1)
+                board.flush()
             if out is not None:
                 assert ckpt_path is not None
                 save_checkpoint(
@@ -431,4 +449,6 @@ def train(
     finally:
         if reg is not None:
             reg.close()
+        if board is not None:
+            board.close()
     return TrainResult(history=history, checkpoint=ckpt_path)
