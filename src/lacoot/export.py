@@ -110,9 +110,7 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike
     try:
         import onnx  # noqa: F401
     except ImportError:
-        raise ValueError(
-            "ONNX export needs the onnx package: pip install 'lacoot[onnx]'"
-        ) from None
+        raise ValueError("ONNX export needs the onnx package: pip install 'lacoot[onnx]'") from None
     model = model.eval()
 
     def write(tmp: str) -> None:
