@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lacoot._io import atomic_write_bytes, atomic_write_text
+from lacoot._io import atomic_write_text
 from lacoot.blocks import Block, remove_blocks
 from lacoot.collapse import removal_order
 from lacoot.criteria import score_blocks
@@ -55,7 +55,7 @@ from lacoot.pipeline import (
     run_training,
 )
 from lacoot.profile import count_macs, count_params, evaluate_accuracy
-from lacoot.report import markdown_table
+from lacoot.report import markdown_table, save_figure
 from lacoot.train import CheckpointError, TrainConfig, load_checkpoint, resolve_device, train
 
 MAX_DROP = 1.0  # points of test accuracy below the vanilla full model (the goal)
@@ -386,7 +386,6 @@ def plot(path: Path, record: dict[str, Any]) -> bool:
     except ImportError:
         log("matplotlib is not installed: no plot")
         return False
-    import io
 
     fig, (ax_macs, ax_k) = plt.subplots(1, 2, figsize=(14, 5.5))
     styles = {"msw": "-", "cosine": "--", "depth": ":", "random": "-."}
@@ -440,11 +439,7 @@ def plot(path: Path, record: dict[str, Any]) -> bool:
     ax_k.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     cfg = record["config"]
     fig.suptitle(f"{cfg['model']} on {cfg['dataset']}, {cfg['epochs']} epochs, seed {cfg['seed']}")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
     return True
 
 

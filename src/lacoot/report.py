@@ -12,7 +12,7 @@ from typing import Any
 
 from ._io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["markdown_table", "write_report", "plot_sweeps", "render_markdown"]
+__all__ = ["markdown_table", "write_report", "plot_sweeps", "render_markdown", "save_figure"]
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -141,12 +141,19 @@ def plot_sweeps(
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    save_figure(fig, path)
+    return True
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> None:
+    """Lay out a matplotlib figure, write it as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
-    return True
 
 
 def write_report(out_dir: str | os.PathLike, report: dict[str, Any]) -> None:
