@@ -267,6 +267,34 @@ def train_lam(
     return ckpt, "resumed" if resume else "trained"
 
 
+def train_and_measure(
+    args: argparse.Namespace,
+    ev: Evaluator,
+    folder: Path,
+    model: nn.Module,
+    tc: TrainConfig,
+    meta: dict[str, Any],
+    device: torch.device,
+    k: int,
+    removed: list[str],
+) -> dict[str, Any]:
+    """Train a shallow model (from scratch or healing) with :func:`train_shallow`, then measure
+    it; the point records where it came from and its training history."""
+    model, ckpt, source = train_shallow(args, folder, model, tc, meta, device)
+    state = load_checkpoint(ckpt)
+    point = ev.measure(model, file_digest(ckpt), [])
+    point.update(
+        k=k,
+        removed=removed,
+        checkpoint=str(ckpt),
+        source=source,
+        train_seconds=sum(r["seconds"] for r in state["history"]),
+        history=state["history"],
+    )
+    ev.save()
+    return point
+
+
 def train_shallow(
     args: argparse.Namespace,
     folder: Path,
@@ -714,20 +742,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "removed": removed,
         }
         shallow = rebuild_shallow(model_spec, removed, args.seed)
-        shallow, ckpt, source = train_shallow(
-            args, work / f"scratch_k{k}", shallow, vanilla_tc, meta, device
+        point = train_and_measure(
+            args, ev, work / f"scratch_k{k}", shallow, vanilla_tc, meta, device, k, removed
         )
-        state = load_checkpoint(ckpt)
-        point = ev.measure(shallow, file_digest(ckpt), [])
-        point.update(
-            k=k,
-            removed=removed,
-            checkpoint=str(ckpt),
-            source=source,
-            train_seconds=sum(r["seconds"] for r in state["history"]),
-            history=state["history"],
-        )
-        ev.save()
         scratch.append(point)
         log(f"scratch k={k}: test {point['test_accuracy']:.2f}% ({source})")
 
@@ -756,20 +773,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "source_sha256": best_digest,
             }
             collapsed = remove_blocks(best_model, removed)
-            collapsed, ckpt, source = train_shallow(
-                args, work / f"heal_lam{best['lam']:g}_k{k}", collapsed, heal_tc, meta, device
+            folder = work / f"heal_lam{best['lam']:g}_k{k}"
+            point = train_and_measure(
+                args, ev, folder, collapsed, heal_tc, meta, device, k, removed
             )
-            state = load_checkpoint(ckpt)
-            point = ev.measure(collapsed, file_digest(ckpt), [])
-            point.update(
-                k=k,
-                removed=removed,
-                checkpoint=str(ckpt),
-                source=source,
-                train_seconds=sum(r["seconds"] for r in state["history"]),
-                history=state["history"],
-            )
-            ev.save()
             healed.append(point)
             log(f"healed k={k}: test {point['test_accuracy']:.2f}% ({source})")
 
