@@ -149,7 +149,7 @@ def checkpoint_status(path: Path, train_config: dict[str, Any], meta: dict[str, 
         state = load_checkpoint(path)
     except CheckpointError as exc:
         return f"mismatch: {exc}"
-    if state.get("train_config") != train_config:
+    if not TrainConfig.same_run(state.get("train_config"), TrainConfig.from_dict(train_config)):
         return "mismatch: trained with another train_config"
     for key, value in meta.items():
         if state.get(key) != value:

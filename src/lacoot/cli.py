@@ -1,7 +1,8 @@
 """The ``lacoot`` command: thin subcommands over :mod:`lacoot.pipeline`.
 
 Exit codes: 0 success, 2 bad input (unknown names, bad values, unreadable or mismatched files,
-impossible budgets), 130 interrupted.
+impossible budgets), 128 + the signal number when training was stopped by SIGINT (130) or SIGTERM
+(143) after writing a checkpoint, 130 on any other interruption.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ _HELP = {
     "method": "MSW estimator during training: ascent or random",
     "n_projections": "random directions of the random estimator",
     "n_iters": "ascent steps per training step",
+    "nonfinite": "on a non-finite loss: stop (keep the last checkpoint) or skip the batch",
+    "global_msw": "under torchrun: compute the MSW penalty on the global batch (features of "
+    "all processes gathered) instead of each process's own",
+    "sync_bn": "under torchrun: batch-norm statistics over the global batch",
     "criterion": "block order: msw, cosine, angular, random or depth",
     "compare": "other block orders measured for comparison",
     "max_drop": "largest validation-accuracy drop allowed, in percentage points (run: 1.0 when "
@@ -57,7 +62,7 @@ _TRAIN_KEYS = [
     "model", "model_args", "dataset", "data_dir", "val_fraction", "batch_size", "augment",
     "device", "out", "epochs", "lam", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
     "schedule", "milestones", "gamma", "seed", "amp", "method", "n_projections", "n_iters",
-    "progress",
+    "nonfinite", "global_msw", "sync_bn", "progress",
 ]  # fmt: skip
 _COLLAPSE_KEYS = [
     "criterion", "compare", "max_drop", "max_macs", "blocks", "latency_batch_sizes",
@@ -140,10 +145,13 @@ def _print_json(obj: Any) -> None:
 
 # ------------------------------------------------------------------------------- subcommands
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import env_rank
     from .pipeline import run_training
 
     cfg = _run_config(args, _TRAIN_KEYS)
     ckpt, history = run_training(cfg, overwrite=args.overwrite, resume=args.resume)
+    if env_rank() != 0:
+        return 0
     last = history[-1] if history else {}
     print(
         f"trained {cfg.model} on {cfg.dataset} for {cfg.epochs} epochs (lambda = {cfg.lam}); "
@@ -259,6 +267,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _run_config(args, _TRAIN_KEYS + _COLLAPSE_KEYS)
     out = Path(cfg.out)
     report = run_all(cfg, overwrite=args.overwrite, resume=args.resume)
+    if report is None:  # not rank 0 under torchrun
+        return 0
     import yaml
 
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -350,8 +360,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "collapse" and args.max_drop is None and args.max_macs is None:
         if args.blocks is None:
             parser.error("collapse needs a budget: --max-drop, --max-macs or --blocks")
+    from .train import TrainingInterrupted
+
     try:
         return int(args.func(args))
+    except TrainingInterrupted as exc:
+        from .distributed import env_rank
+
+        if env_rank() == 0:
+            print(f"lacoot: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("lacoot: interrupted", file=sys.stderr)
         return 130

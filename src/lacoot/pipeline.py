@@ -26,6 +26,7 @@ from ._io import atomic_write_text
 from .blocks import Block, find_blocks, remove_blocks
 from .collapse import Sweep, SweepPoint, sweep
 from .criteria import list_criteria, score_blocks
+from .distributed import barrier, env_rank, init_from_env, shutdown
 from .profile import count_macs
 from .train import CheckpointError, TrainConfig, load_checkpoint, resolve_device, train
 
@@ -76,6 +77,9 @@ class RunConfig:
     method: str = "ascent"
     n_projections: int = 50
     n_iters: int = 2
+    nonfinite: str = "stop"
+    global_msw: bool = False
+    sync_bn: bool = False
     # scoring and collapse
     criterion: str = "msw"
     compare: list[str] = field(default_factory=lambda: ["cosine", "random", "depth"])
@@ -183,28 +187,45 @@ class Data:
     image_shape: tuple[int, int, int]
 
 
-def prepare_data(spec: dict[str, Any], device: torch.device, seed: int = 0) -> Data:
+def prepare_data(
+    spec: dict[str, Any],
+    device: torch.device,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Data:
     """Load a dataset, split off validation (seeded), and wrap the splits in tensor loaders.
 
-    ``spec`` is :meth:`RunConfig.data_spec` (also stored in checkpoints). Training batches are
-    shuffled and augmented on the device; validation and test batches are neither.
+    ``spec`` is :meth:`RunConfig.data_spec` (also stored in checkpoints); its ``batch_size`` is
+    the global batch. Training batches are shuffled and augmented on the device; validation and
+    test batches are neither. With ``world_size > 1`` the training loader yields rank ``rank``'s
+    shard, ``batch_size / world_size`` samples per batch (together the same global batches as
+    one process would see, except for at most ``world_size - 1`` samples per epoch);
+    validation and test are whole on every rank.
     """
     from .data import TensorLoader, load_dataset, train_val_split
 
+    bs = spec["batch_size"]
+    if bs % world_size:
+        raise ValueError(
+            f"batch_size={bs} is not divisible by the {world_size} processes; the batch size is "
+            "the global batch, split evenly over the processes"
+        )
     full = load_dataset(spec["dataset"], "train", spec.get("data_dir"))
     train_set, val_set = train_val_split(full, spec["val_fraction"], seed=spec["split_seed"])
     test_set = load_dataset(spec["dataset"], "test", spec.get("data_dir"))
     test_set = test_set.with_stats(train_set.mean, train_set.std)
-    bs = spec["batch_size"]
     common = {"device": device, "mean": train_set.mean, "std": train_set.std}
     return Data(
         train=TensorLoader(
             train_set,
-            bs,
+            bs // world_size,
             shuffle=True,
             augment=spec["augment"],
             seed=seed,
             drop_last=True,
+            rank=rank,
+            world_size=world_size,
             **common,
         ),
         val=TensorLoader(val_set, 512, shuffle=False, **common) if len(val_set) else None,
@@ -287,48 +308,61 @@ def _check_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
 def run_training(
     cfg: RunConfig, overwrite: bool = False, resume: bool = False
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Train ``cfg.model`` on ``cfg.dataset`` with LaCoOT; return the checkpoint and history."""
+    """Train ``cfg.model`` on ``cfg.dataset`` with LaCoOT; return the checkpoint and history.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) this process joins the process
+    group, trains its shard with DistributedDataParallel and leaves the group at the end; only
+    rank 0 writes files.
+    """
     out = Path(cfg.out)
-    _check_out_dir(out, overwrite, resume)
-    device = resolve_device(cfg.device)
     tcfg = cfg.train_config()
-    data = prepare_data(cfg.data_spec(), device, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model_spec = {
-        "name": cfg.model,
-        "num_classes": data.num_classes,
-        "in_channels": data.image_shape[0],
-        "kwargs": dict(cfg.model_args),
-    }
-    model = build_model(model_spec).to(device)
-    blocks = find_blocks(model, _example(data.image_shape, device))
-    if resume:
-        ckpt = out / "checkpoint.pt"
-        state = load_checkpoint(ckpt) if ckpt.exists() else None
-        if state is not None and state.get("model_spec") != model_spec:
-            raise CheckpointError(
-                f"cannot resume {str(ckpt)!r}: it holds model {state.get('model_spec')}, not "
-                f"{model_spec}"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    result = train(
-        model,
-        blocks,
-        data.train,
-        data.val,
-        tcfg,
-        out_dir=out,
-        device=device,
-        resume=resume,
-        progress=cfg.progress,
-        meta={
-            "model_spec": model_spec,
-            "data_spec": cfg.data_spec(),
-            "image_shape": list(data.image_shape),
-            "run_config": json.dumps(cfg.to_dict()),
-        },
-    )
+    where, device, created = init_from_env(cfg.device)
+    try:
+        _check_out_dir(out, overwrite, resume)  # every rank, before any rank writes
+        barrier()
+        data = prepare_data(
+            cfg.data_spec(), device, seed=cfg.seed, rank=where.rank, world_size=where.world_size
+        )
+        torch.manual_seed(cfg.seed)
+        model_spec = {
+            "name": cfg.model,
+            "num_classes": data.num_classes,
+            "in_channels": data.image_shape[0],
+            "kwargs": dict(cfg.model_args),
+        }
+        model = build_model(model_spec).to(device)
+        blocks = find_blocks(model, _example(data.image_shape, device))
+        if resume:
+            ckpt = out / "checkpoint.pt"
+            state = load_checkpoint(ckpt) if ckpt.exists() else None
+            if state is not None and state.get("model_spec") != model_spec:
+                raise CheckpointError(
+                    f"cannot resume {str(ckpt)!r}: it holds model {state.get('model_spec')}, "
+                    f"not {model_spec}"
+                )
+        if where.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        barrier()
+        result = train(
+            model,
+            blocks,
+            data.train,
+            data.val,
+            tcfg,
+            out_dir=out,
+            device=device,
+            resume=resume,
+            progress=cfg.progress,
+            meta={
+                "model_spec": model_spec,
+                "data_spec": cfg.data_spec(),
+                "image_shape": list(data.image_shape),
+                "run_config": json.dumps(cfg.to_dict()),
+            },
+        )
+    finally:
+        shutdown(created)
     assert result.checkpoint is not None
     return result.checkpoint, result.history
 
@@ -429,9 +463,17 @@ def run_collapse(
     return report
 
 
-def run_all(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
-    """The main job: train with LaCoOT, then collapse and report into ``cfg.out``."""
+def run_all(
+    cfg: RunConfig, overwrite: bool = False, resume: bool = False
+) -> dict[str, Any] | None:
+    """The main job: train with LaCoOT, then collapse and report into ``cfg.out``.
+
+    Under ``torchrun`` every process trains and rank 0 alone collapses and reports; the other
+    ranks return ``None``.
+    """
     ckpt, _ = run_training(cfg, overwrite=overwrite, resume=resume)
+    if env_rank() != 0:
+        return None
     no_budget = cfg.max_drop is None and cfg.max_macs is None and cfg.blocks is None
     return run_collapse(
         ckpt,

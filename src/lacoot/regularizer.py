@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import Block, count_tensor_args
+from .distributed import gather_batch
 from .ot import Method, max_sliced_wasserstein
 
 __all__ = ["MSWRegularizer", "block_io_hooks"]
@@ -66,6 +67,11 @@ class MSWRegularizer:
         Wasserstein order.
     seed : int, optional
         Seed of the random directions; the step count is added so every step draws new ones.
+    gather : bool
+        Under ``torch.distributed`` (DDP), compute each distance on the global batch: the block
+        inputs and outputs of every rank are gathered (gradients flowing back to each rank), so
+        the value equals the single-process value on the same samples. Default: each rank uses
+        its local batch (no communication). No effect in a single process.
 
     Notes
     -----
@@ -85,6 +91,7 @@ class MSWRegularizer:
         n_starts: int = 0,
         p: float = 2.0,
         seed: int | None = None,
+        gather: bool = False,
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam={lam!r} is negative or NaN; expected lam >= 0")
@@ -101,6 +108,7 @@ class MSWRegularizer:
         self.n_starts = n_starts
         self.p = p
         self.seed = seed
+        self.gather = bool(gather)
         self.steps = 0
         self.directions: dict[str, Tensor] = {}
         self.last: dict[str, Tensor] = {}
@@ -162,6 +170,9 @@ class MSWRegularizer:
             if name not in captured:
                 raise RuntimeError(f"block {name!r} was not run in the last forward pass")
             x, y = captured[name]
+            if self.gather:  # one collective per block: (B, 2, d) -> (sum_r B_r, 2, d)
+                both = gather_batch(torch.stack([x.flatten(1), y.flatten(1)], dim=1))
+                x, y = both[:, 0], both[:, 1]
             if x.shape[0] < 2:
                 continue
             value = self.distance(name, x, y)
@@ -172,6 +183,12 @@ class MSWRegularizer:
             device = next(iter(captured.values()))[0].device
             return torch.zeros((), device=device)
         return self.lam * torch.stack(values).mean()
+
+    def forget(self, names: Iterable[str] | None = None) -> None:
+        """Drop the carried ascent directions of ``names`` (default: all), for example after
+        a batch whose distances were not finite; the next step searches afresh."""
+        for name in list(self.directions) if names is None else names:
+            self.directions.pop(name, None)
 
     def distances(self) -> dict[str, float]:
         """Per-block distances of the last :meth:`penalty` call, as floats."""

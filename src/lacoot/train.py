@@ -13,9 +13,14 @@ import io
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
+from . import distributed as dist_
 from ._io import atomic_write_bytes, atomic_write_text
 from .blocks import Block
 from .regularizer import MSWRegularizer
@@ -38,6 +44,7 @@ __all__ = [
     "atomic_write_text",
     "resolve_device",
     "CheckpointError",
+    "TrainingInterrupted",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -45,6 +52,24 @@ CHECKPOINT_FORMAT = 1
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, not a lacoot checkpoint, or does not fit."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after finishing a step and writing a checkpoint.
+
+    Attributes: ``signum`` (the signal), ``checkpoint`` (path or None), ``epoch`` (completed
+    epochs) and ``batch`` (batches done in the next epoch) at which ``--resume`` continues.
+    """
+
+    def __init__(self, signum: int, checkpoint: Path | None, epoch: int, batch: int) -> None:
+        self.signum, self.checkpoint, self.epoch, self.batch = signum, checkpoint, epoch, batch
+        where = f"epoch {epoch + 1}, after batch {batch}" if batch else f"after epoch {epoch}"
+        saved = (
+            f"checkpoint written to {checkpoint}; continue with --resume"
+            if checkpoint is not None
+            else "no checkpoint (no output folder)"
+        )
+        super().__init__(f"{signal.Signals(signum).name} received: stopped {where}; {saved}")
 
 
 @dataclass
@@ -67,6 +92,9 @@ class TrainConfig:
     n_projections: int = 50  # random directions of the "random" estimator
     n_iters: int = 2  # ascent steps per training step
     grad_clip: float | None = None  # max gradient norm, None for no clipping
+    nonfinite: str = "stop"  # a non-finite loss: "stop" the run, or "skip" the batch
+    global_msw: bool = False  # under DDP: MSW on the global batch (features gathered)
+    sync_bn: bool = False  # under DDP: batch statistics over the global batch
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -103,6 +131,10 @@ class TrainConfig:
                 self.grad_clip is None or self.grad_clip > 0,
                 f"grad_clip={self.grad_clip!r}; expected > 0",
             ),
+            (
+                self.nonfinite in ("stop", "skip"),
+                f"nonfinite={self.nonfinite!r}; expected 'stop' or 'skip'",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -118,6 +150,15 @@ class TrainConfig:
                 f"unknown training options {unknown}; expected some of {sorted(known)}"
             )
         return cls(**values)
+
+    @classmethod
+    def same_run(cls, saved: Any, cfg: TrainConfig) -> bool:
+        """Whether a checkpoint's ``train_config`` mapping describes the run ``cfg`` (options
+        added to lacoot after the checkpoint was written take their defaults)."""
+        try:
+            return cls.from_dict(dict(saved)).to_dict() == cfg.to_dict()
+        except (TypeError, ValueError):
+            return False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -201,9 +242,52 @@ def _scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
-def _set_epoch(loader: Any, epoch: int) -> None:
+def _start_epoch(loader: Any, epoch: int, start_batch: int) -> int:
+    """Tell the loader (or its sampler, e.g. ``DistributedSampler``) the epoch; return how many
+    batches must still be skipped by hand (0 when the loader can start at ``start_batch``)."""
     if hasattr(loader, "set_epoch"):
+        if start_batch:
+            try:
+                loader.set_epoch(epoch, start_batch=start_batch)
+                return 0
+            except TypeError:
+                pass
         loader.set_epoch(epoch)
+    elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    return start_batch
+
+
+class _GracefulStop:
+    """SIGINT/SIGTERM set a flag checked after every step (a second Ctrl-C stops at once)."""
+
+    def __init__(self, announce: bool) -> None:
+        self.signum: int | None = None
+        self.announce = announce
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+            if self.announce:
+                print(
+                    f"lacoot: {signal.Signals(signum).name} received; finishing the current step "
+                    "and writing a checkpoint (Ctrl-C again stops at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _progress(iterable: Iterable, total: int | None, desc: str, enabled: bool):
@@ -273,6 +357,47 @@ def _write_logs(out_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(out_dir / "log.csv", buffer.getvalue())
 
 
+def _restore_scheduler(
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    opt: torch.optim.Optimizer,
+    state: dict[str, Any],
+    steps_per_epoch: int,
+) -> None:
+    """Load the optimiser and the schedule; a run resumed with another number of steps per
+    epoch (another world size) fast-forwards a fresh schedule to the same point instead."""
+    if int(state.get("steps_per_epoch", steps_per_epoch)) == steps_per_epoch:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        return
+    done = int(state["epoch"]) * steps_per_epoch + int(state.get("batch", 0))
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()"
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(done):
+            sched.step()
+    opt.load_state_dict(state["optimizer"])  # the learning rate the old run had reached
+
+
+def _new_sums(names: Sequence[str]) -> dict[str, Any]:
+    return {"loss": 0.0, "penalty": 0.0, "correct": 0, "seen": 0, "skipped": 0, "seconds": 0.0,
+            "dist": {n: 0.0 for n in names}, "count": {n: 0 for n in names}}  # fmt: skip
+
+
+def _reduce_sums(sums: dict[str, Any], names: Sequence[str], dev: torch.device) -> dict[str, Any]:
+    """Sum the per-rank epoch totals over ranks (identity in a single process)."""
+    if not dist_.info().distributed:
+        return sums
+    keys = ("loss", "penalty", "correct", "seen", "skipped")
+    flat = [float(sums[k]) for k in keys]
+    flat += [sums["dist"][n] for n in names] + [float(sums["count"][n]) for n in names]
+    total = dist_.all_reduce_sum(torch.tensor(flat, dtype=torch.float64, device=dev)).tolist()
+    out = dict(sums)
+    out.update(zip(keys, total[: len(keys)], strict=True))
+    m = len(names)
+    out["dist"] = dict(zip(names, total[len(keys) : len(keys) + m], strict=True))
+    out["count"] = dict(zip(names, total[len(keys) + m :], strict=True))
+    return out
+
+
 def train(
     model: nn.Module,
     blocks: Sequence[Block],
@@ -291,39 +416,62 @@ def train(
     Parameters
     ----------
     model : nn.Module
-        Trained in place, moved to ``device``.
+        Trained in place, moved to ``device``. Under ``torch.distributed`` it is wrapped in
+        ``DistributedDataParallel`` for the run (and with ``cfg.sync_bn`` its batch-norm layers
+        are replaced in place by :class:`lacoot.syncbn.SyncBatchNorm`).
     blocks : list of Block
         The collapsible blocks to regularise (from :func:`lacoot.find_blocks`); with
         ``cfg.lam == 0`` they are not hooked and no distance is logged.
     train_loader, val_loader : iterable of (inputs, labels)
-        Batches; a loader with ``set_epoch(epoch)`` is told the epoch before each pass.
+        Batches; a loader with ``set_epoch(epoch)`` (or whose ``sampler`` has one, such as
+        ``DistributedSampler``) is told the epoch before each pass. Under ``torch.distributed``
+        ``train_loader`` yields this rank's shard; every rank evaluates ``val_loader`` whole.
     cfg : TrainConfig
     out_dir : path, optional
-        Where ``checkpoint.pt`` (after every epoch), ``log.json`` and ``log.csv`` go, and
-        TensorBoard event files (``tensorboard/``) when tensorboard is installed.
+        Where ``checkpoint.pt`` (after every epoch, and on SIGINT/SIGTERM), ``log.json`` and
+        ``log.csv`` go, and TensorBoard event files (``tensorboard/``) when tensorboard is
+        installed. Only rank 0 writes.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
     resume : bool
-        Continue from ``out_dir/checkpoint.pt``: same final weights as an uninterrupted run.
+        Continue from ``out_dir/checkpoint.pt`` (written at the end of an epoch or, after a
+        signal, in the middle of one): the same final weights as an uninterrupted run with the
+        same world size. Another world size resumes too (same epoch and batch position; the
+        schedule is fast-forwarded when the number of steps per epoch differs).
     meta : dict, optional
         Extra entries stored in the checkpoint (e.g. how to rebuild the model).
     progress : bool
-        Show a progress bar per epoch (tqdm, when installed).
+        Show a progress bar per epoch (tqdm, when installed; rank 0 only).
     on_epoch : callable, optional
-        Called with each epoch's log row.
+        Called with each epoch's log row (on every rank; the rows are identical).
 
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    TrainingInterrupted
+        On SIGINT or SIGTERM, after the current step and a checkpoint.
+    FloatingPointError
+        On a non-finite loss with ``cfg.nonfinite == "stop"``; the last checkpoint is kept.
     """
+    where = dist_.info()
+    main = where.rank == 0
     dev = resolve_device(device)
+    if cfg.sync_bn and where.distributed:
+        from .syncbn import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
     model.to(dev)
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / "checkpoint.pt" if out is not None else None
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + where.rank)
     steps_per_epoch = _len(train_loader)
     if steps_per_epoch is None:
         raise ValueError("train_loader has no len(); expected a sized loader")
+    if steps_per_epoch < 1:
+        raise ValueError("train_loader yields no batch; expected at least one per epoch")
     opt = _optimizer(model, cfg)
     sched = _scheduler(opt, cfg, steps_per_epoch)
     use_amp = cfg.amp and dev.type == "cuda"
@@ -336,116 +484,221 @@ def train(
             n_projections=cfg.n_projections,
             n_iters=cfg.n_iters,
             seed=cfg.seed,
+            gather=cfg.global_msw,
         )
         if blocks and cfg.lam > 0
         else None  # vanilla training: no penalty, and no per-step distance cost either
     )
+    names = list(reg.names) if reg is not None else []
     history: list[dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch = start_batch = 0
+    partial: dict[str, Any] | None = None
     if resume:
-        if ckpt_path is None or not ckpt_path.is_file():
-            raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}")
-        state = load_checkpoint(ckpt_path, map_location=dev)
-        if state.get("train_config") != cfg.to_dict():
+        if ckpt_path is None:
+            raise CheckpointError("cannot resume without an output folder")
+        payload: tuple[str, Any] | None = None
+        if main:  # rank 0 reads, every rank gets the same state (no shared disk needed)
+            try:
+                if not ckpt_path.is_file():
+                    raise CheckpointError(f"cannot resume: no checkpoint at {ckpt_path}")
+                payload = ("ok", load_checkpoint(ckpt_path, map_location="cpu"))
+            except CheckpointError as exc:
+                payload = ("error", str(exc))
+        payload = dist_.broadcast_object(payload)
+        assert payload is not None
+        if payload[0] == "error":
+            raise CheckpointError(payload[1])
+        state = payload[1]
+        if not TrainConfig.same_run(state.get("train_config"), cfg):
             raise CheckpointError(
                 f"cannot resume {ckpt_path}: it was trained with another configuration"
             )
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if reg is not None and state["regularizer"]["directions"]:
-            reg.steps = int(state["regularizer"]["steps"])
-            reg.directions = {k: v.to(dev) for k, v in state["regularizer"]["directions"].items()}
-        _set_rng_state(state["rng"])
+        _restore_scheduler(sched, opt, state, steps_per_epoch)
+        start_epoch, start_batch = int(state["epoch"]), int(state.get("batch", 0))
+        start_batch = min(start_batch, steps_per_epoch)
+        saved_world = int(state.get("world_size", 1))
+        regs = state["regularizer"]
+        if reg is not None:
+            reg.steps = int(regs["steps"])
+            dirs = regs.get("directions_ranks") if saved_world == where.world_size else None
+            mine = dirs[where.rank] if dirs else regs["directions"]
+            reg.directions = {k: v.to(dev) for k, v in mine.items()}
+        rngs = state.get("rng_ranks") if saved_world == where.world_size else None
+        if rngs:
+            _set_rng_state(rngs[where.rank])
+        elif where.rank == 0:
+            _set_rng_state(state["rng"])
+        else:  # a new rank: a fresh stream tied to the seed, rank and position
+            torch.manual_seed(cfg.seed + where.rank + 7919 * (start_epoch + 1) + start_batch)
         history = list(state["history"])
-        start_epoch = int(state["epoch"])
-    board = _tensorboard(out)
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            _set_epoch(train_loader, epoch)
-            t0 = time.perf_counter()
-            sums = {"loss": 0.0, "penalty": 0.0, "correct": 0, "seen": 0}
-            dist_sums: dict[str, float] = {}
-            dist_counts: dict[str, int] = {}
-            bar = _progress(
-                train_loader, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress
-            )
-            for x, y in bar:
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(x)
-                task = F.cross_entropy(logits.float(), y)
-                penalty = reg.penalty() if reg is not None else torch.zeros((), device=dev)
-                loss = task + penalty
-                if not torch.isfinite(loss):
-                    bad = [n for n, v in (reg.last.items() if reg else []) if not torch.isfinite(v)]
-                    raise FloatingPointError(
-                        f"non-finite loss at epoch {epoch + 1}, step {reg.steps if reg else '?'}"
-                        + (f"; non-finite block distances: {bad}" if bad else "")
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                n = y.numel()
-                sums["loss"] += float(task.detach()) * n
-                sums["penalty"] += float(penalty.detach()) * n
-                sums["correct"] += int((logits.argmax(1) == y).sum())
-                sums["seen"] += n
-                if reg is not None:
-                    for name, v in reg.last.items():
-                        dist_sums[name] = dist_sums.get(name, 0.0) + float(v)
-                        dist_counts[name] = dist_counts.get(name, 0) + 1
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(
-                        loss=f"{float(task.detach()):.3f}",
-                        penalty=f"{float(penalty.detach()):.3f}",
-                        acc=f"{100.0 * sums['correct'] / sums['seen']:.1f}",
-                    )
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "lr": opt.param_groups[0]["lr"],
-                "train_loss": sums["loss"] / max(sums["seen"], 1),
-                "train_penalty": sums["penalty"] / max(sums["seen"], 1),
-                "train_accuracy": 100.0 * sums["correct"] / max(sums["seen"], 1),
-                "seconds": time.perf_counter() - t0,
-            }
-            if val_loader is not None:
-                row["val_loss"], row["val_accuracy"] = _evaluate(model, val_loader, dev)
-            for name in sorted(dist_sums, key=lambda k: [b.name for b in blocks].index(k)):
-                row[f"msw/{name}"] = dist_sums[name] / dist_counts[name]
-            history.append(row)
-            if board is not None:
-                for key, value in row.items():
-                    if key != "epoch":
-                        board.add_scalar(key, value, epoch + 1)
-                board.flush()
-            if out is not None:
-                assert ckpt_path is not None
-                save_checkpoint(
-                    ckpt_path,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "regularizer": {
-                            "steps": reg.steps if reg else 0,
-                            "directions": dict(reg.directions) if reg else {},
-                        },
-                        "rng": _rng_state(),
-                        "epoch": epoch + 1,
-                        "train_config": cfg.to_dict(),
-                        "history": history,
-                        "blocks": [b.to_dict() for b in blocks],
-                        **(meta or {}),
+        partial = state.get("partial") if start_batch else None
+    net: nn.Module = model
+    if where.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    def checkpoint(epoch: int, batch: int, sums: dict[str, Any] | None) -> None:
+        """All ranks take part (their random states and directions are gathered)."""
+        rngs = dist_.all_gather_object(_rng_state())
+        dirs = dist_.all_gather_object(
+            {k: v.detach().cpu() for k, v in reg.directions.items()} if reg else {}
+        )
+        if main and ckpt_path is not None:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "regularizer": {
+                        "steps": reg.steps if reg else 0,
+                        "directions": dirs[0],
+                        "directions_ranks": dirs,
                     },
+                    "rng": rngs[0],
+                    "rng_ranks": rngs,
+                    "epoch": epoch,
+                    "batch": batch,
+                    "partial": sums,
+                    "steps_per_epoch": steps_per_epoch,
+                    "world_size": where.world_size,
+                    "train_config": cfg.to_dict(),
+                    "history": history,
+                    "blocks": [b.to_dict() for b in blocks],
+                    **(meta or {}),
+                },
+            )
+        dist_.barrier()
+
+    def stop_flags(nonfinite: bool, stopper: _GracefulStop) -> tuple[bool, bool]:
+        """(any rank's loss non-finite, any rank asked to stop): every rank decides alike."""
+        flags = (nonfinite, stopper.signum is not None)
+        if where.distributed:
+            t = dist_.all_reduce_max(torch.tensor([float(f) for f in flags], device=dev))
+            flags = (bool(t[0] > 0), bool(t[1] > 0))
+        return flags
+
+    def interrupted(stopper: _GracefulStop, epoch: int, batch: int) -> TrainingInterrupted:
+        signum = stopper.signum if stopper.signum is not None else int(signal.SIGTERM)
+        return TrainingInterrupted(signum, ckpt_path, epoch, batch)
+
+    board = _tensorboard(out) if main else None
+    try:
+        with _GracefulStop(announce=main) as stopper:
+            for epoch in range(start_epoch, cfg.epochs):
+                net.train()
+                first = epoch == start_epoch
+                skip = start_batch if first else 0
+                by_hand = _start_epoch(train_loader, epoch, skip)
+                sums = dict(partial) if first and partial else _new_sums(names)
+                t0 = time.perf_counter() - float(sums["seconds"])
+                batches: Iterable = islice(iter(train_loader), by_hand, None)
+                bar = _progress(
+                    batches,
+                    steps_per_epoch - skip,
+                    f"epoch {epoch + 1}/{cfg.epochs}",
+                    progress and main,
                 )
-                _write_logs(out, history)
-            if on_epoch is not None:
-                on_epoch(row)
+                for k, (x, y) in enumerate(bar, start=skip):
+                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                    if cfg.nonfinite == "skip":  # a skipped batch must not touch BN statistics
+                        kept_buffers = [b.detach().clone() for b in model.buffers()]
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                        logits = net(x)
+                    task = F.cross_entropy(logits.float(), y)
+                    penalty = reg.penalty() if reg is not None else torch.zeros((), device=dev)
+                    loss = task + penalty
+                    bad_loss, stop = stop_flags(not bool(torch.isfinite(loss)), stopper)
+                    opt.zero_grad(set_to_none=True)
+                    if bad_loss:
+                        bad = [n for n, v in (reg.last.items() if reg else []) if not v.isfinite()]
+                        if cfg.nonfinite == "stop":
+                            kept = (
+                                f"the last good checkpoint, {ckpt_path} (epoch {epoch}), is kept"
+                                if ckpt_path is not None and ckpt_path.is_file()
+                                else "no checkpoint was written yet"
+                            )
+                            raise FloatingPointError(
+                                f"non-finite loss at epoch {epoch + 1}, step {k + 1} of "
+                                f"{steps_per_epoch} (task loss {float(task.detach()):.4g}"
+                                + (f"; non-finite block distances: {bad}" if bad else "")
+                                + f"); {kept}. Lower the learning rate or lambda, or pass "
+                                "--nonfinite skip to skip such batches"
+                            )
+                        with torch.no_grad():
+                            for b, kept in zip(model.buffers(), kept_buffers, strict=True):
+                                b.copy_(kept)
+                        if reg is not None:
+                            reg.forget(bad)  # a direction from non-finite features is useless
+                        sums["skipped"] += 1
+                        sched.step()  # the schedule keeps its pace
+                    else:
+                        loss.backward()
+                        if cfg.grad_clip is not None:
+                            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        opt.step()
+                        sched.step()
+                        n = y.numel()
+                        sums["loss"] += float(task.detach()) * n
+                        sums["penalty"] += float(penalty.detach()) * n
+                        sums["correct"] += int((logits.argmax(1) == y).sum())
+                        sums["seen"] += n
+                        if reg is not None:
+                            for name, v in reg.last.items():
+                                sums["dist"][name] += float(v)
+                                sums["count"][name] += 1
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(
+                            loss=f"{float(task.detach()):.3f}",
+                            penalty=f"{float(penalty.detach()):.3f}",
+                            acc=f"{100.0 * sums['correct'] / max(sums['seen'], 1):.1f}",
+                        )
+                    if stop and k + 1 < steps_per_epoch:
+                        sums["seconds"] = time.perf_counter() - t0
+                        checkpoint(epoch, k + 1, sums)
+                        raise interrupted(stopper, epoch, k + 1)
+                total = _reduce_sums(sums, names, dev)
+                seen = max(total["seen"], 1)
+                row: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "lr": opt.param_groups[0]["lr"],
+                    "train_loss": total["loss"] / seen,
+                    "train_penalty": total["penalty"] / seen,
+                    "train_accuracy": 100.0 * total["correct"] / seen,
+                    "seconds": time.perf_counter() - t0,
+                }
+                if total["skipped"]:
+                    row["skipped_batches"] = int(total["skipped"])
+                    if main:
+                        warnings.warn(
+                            f"epoch {epoch + 1}: skipped {int(total['skipped'])} batches with a "
+                            "non-finite loss",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                if val_loader is not None:
+                    row["val_loss"], row["val_accuracy"] = _evaluate(model, val_loader, dev)
+                for name in names:
+                    if total["count"][name]:
+                        row[f"msw/{name}"] = total["dist"][name] / total["count"][name]
+                history.append(row)
+                if board is not None:
+                    for key, value in row.items():
+                        if key != "epoch":
+                            board.add_scalar(key, value, epoch + 1)
+                    board.flush()
+                if out is not None:
+                    checkpoint(epoch + 1, 0, None)
+                    if main:
+                        _write_logs(out, history)
+                if on_epoch is not None:
+                    on_epoch(row)
+                if stop_flags(False, stopper)[1]:  # a signal during evaluation or writing
+                    if epoch + 1 < cfg.epochs:
+                        raise interrupted(stopper, epoch + 1, 0)
+                    break  # the run is complete anyway
     finally:
         if reg is not None:
             reg.close()
