@@ -134,33 +134,60 @@ def test_export_round_trip(trained: Path, work: Path, fmt: str) -> None:
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_resume_after_kill_matches_uninterrupted(work: Path) -> None:
-    args = ["train", "--epochs", "4", "--lr", "0.05", *TINY[:3], "--schedule", "cosine", *NARROW]
-    lacoot_cmd(*args, "--out", "full", cwd=work)
+RESUMABLE = ["train", "--epochs", "4", "--lr", "0.05", *TINY[:3], "--schedule", "cosine", *NARROW]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(work: Path) -> dict[str, torch.Tensor]:
+    lacoot_cmd(*RESUMABLE, "--out", "full", cwd=work)
+    return load_checkpoint(work / "full" / "checkpoint.pt")["model"]
+
+
+def _start_and_signal(work: Path, out: str, sig: int) -> subprocess.Popen:
+    """Start a training run and send ``sig`` once its first epoch is logged."""
     env = {**os.environ, "LACOOT_DATA": str(work / "data")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lacoot.cli", *args, "--out", "killed"],
+        [sys.executable, "-m", "lacoot.cli", *RESUMABLE, "--out", out],
         cwd=work,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    log = work / "killed" / "log.json"
+    log = work / out / "log.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if log.exists() and len(json.loads(log.read_text() or "[]")) >= 1:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(work / "killed" / "checkpoint.pt")["epoch"]
-    assert 1 <= killed_at < 4, "the run was not interrupted; make it slower"
-    lacoot_cmd(*args, "--out", "killed", "--resume", cwd=work)
-    a = load_checkpoint(work / "full" / "checkpoint.pt")["model"]
-    b = load_checkpoint(work / "killed" / "checkpoint.pt")["model"]
+    proc.send_signal(sig)
+    return proc
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_after_kill_matches_uninterrupted(work: Path, uninterrupted) -> None:
+    proc = _start_and_signal(work, "killed", signal.SIGKILL)
+    proc.communicate()
+    killed_at = load_checkpoint(work / "killed" / "checkpoint.pt")["epoch"]
+    assert 1 <= killed_at < 4, "the run was not interrupted; make it slower"
+    lacoot_cmd(*RESUMABLE, "--out", "killed", "--resume", cwd=work)
+    _assert_same_weights(uninterrupted, load_checkpoint(work / "killed" / "checkpoint.pt")["model"])
+
+
+def test_sigint_checkpoints_exits_130_and_resumes(work: Path, uninterrupted) -> None:
+    proc = _start_and_signal(work, "sigint", signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    state = load_checkpoint(work / "sigint" / "checkpoint.pt")
+    assert 1 <= state["epoch"] < 4, "the run was not interrupted; make it slower"
+    assert proc.returncode == 130, err
+    assert "SIGINT received: stopped" in err and "continue with --resume" in err
+    lacoot_cmd(*RESUMABLE, "--out", "sigint", "--resume", cwd=work)
+    _assert_same_weights(uninterrupted, load_checkpoint(work / "sigint" / "checkpoint.pt")["model"])
 
 
 def test_config_file_and_flags(work: Path) -> None:
@@ -198,6 +225,9 @@ def test_run_end_to_end(work: Path) -> None:
         (["train", "--dataset", "imagenet21k", "--out", "x"], "unknown dataset 'imagenet21k'"),
         (["train", "--lam", "-1", "--out", "x"], "lam=-1.0"),
         (["train", "--epochs", "0", "--out", "x"], "epochs=0"),
+        (["train", "--nonfinite", "ignore", "--out", "x"], "nonfinite='ignore'"),
+        (["run", "--criterion", "magnitude", "--out", "x"], "unknown criterion 'magnitude'"),
+        (["run", "--compare", "cosine", "entropy", "--out", "x"], "unknown criterion 'entropy'"),
         (["score", "missing.pt"], "does not exist"),
         (["collapse", "missing.pt", "--max-drop", "1"], "does not exist"),
     ],
@@ -206,6 +236,16 @@ def test_bad_input_exits_2(work: Path, args: list[str], message: str) -> None:
     proc = lacoot_cmd(*args, cwd=work, check=2)
     assert message in proc.stderr
     assert not (work / "x").exists()
+
+
+class _CodeCarrier:
+    """Unpickling this runs code (creates a file): what weights_only loading must refuse."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def test_bad_files_and_budgets_exit_2(trained: Path, work: Path) -> None:
@@ -219,6 +259,15 @@ def test_bad_files_and_budgets_exit_2(trained: Path, work: Path) -> None:
     save_checkpoint(work / "other.pt", {k: v for k, v in state.items() if k != "format"})
     err = lacoot_cmd("score", str(work / "other.pt"), cwd=work, check=2).stderr
     assert "does not fit model 'resnet32'" in err
+    state["model_spec"] = {**state["model_spec"], "name": "resnet20", "num_classes": 7}
+    save_checkpoint(work / "classes.pt", {k: v for k, v in state.items() if k != "format"})
+    err = lacoot_cmd("score", str(work / "classes.pt"), cwd=work, check=2).stderr
+    assert "does not fit model 'resnet20' with 7 classes" in err
+    evil = work / "evil.pt"
+    torch.save({"format": 1, "model": _CodeCarrier(str(work / "pwned"))}, evil)
+    err = lacoot_cmd("collapse", str(evil), "--blocks", "1", cwd=work, check=2).stderr
+    assert "cannot be read safely" in err
+    assert not (work / "pwned").exists()  # the pickled code never ran
     err = lacoot_cmd(
         "collapse", str(trained), "--max-macs", "0.01", "--compare", "--out", "imp", cwd=work,
         check=2,
