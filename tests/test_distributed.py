@@ -187,3 +187,39 @@ def test_batch_not_divisible_by_processes(work: Path) -> None:
     )  # fmt: skip
     assert proc.returncode != 0
     assert "batch_size=33 is not divisible by the 2 processes" in proc.stderr
+
+
+def _ddp_train(rank: int, world_size: int, out: str, fault: bool, resume: bool, sync_bn: bool):
+    """Train the tiny model with DDP; rank 0 may be sent SIGTERM at epoch 1, batch 1."""
+    from _faulty import CFG, Faulty, tiny_loader, tiny_model
+
+    from lacoot.train import TrainConfig, TrainingInterrupted, train
+
+    model, blocks = tiny_model()
+    loader = tiny_loader(rank, world_size)
+    if fault and rank == 0:
+        loader = Faulty(loader, 1, 1, signal.SIGTERM)
+    cfg = TrainConfig(**{**CFG.to_dict(), "global_msw": True, "sync_bn": sync_bn})
+    try:
+        train(model, blocks, loader, None, cfg, out_dir=out, resume=resume, progress=False)
+    except TrainingInterrupted as exc:
+        return ("interrupted", exc.epoch, exc.batch)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("sync_bn", [False, True])
+def test_ddp_signal_on_one_rank_stops_all_and_resumes_exactly(
+    tmp_path: Path, sync_bn: bool
+) -> None:
+    full = run_ranks(_ddp_train, 2, (str(tmp_path / "full"), False, False, sync_bn))
+    assert all(torch.equal(full[0][k], full[1][k]) for k in full[0])  # replicas agree
+    cut = run_ranks(_ddp_train, 2, (str(tmp_path / "cut"), True, False, sync_bn))
+    assert cut == [("interrupted", 1, 2)] * 2  # rank 1 never saw a signal, yet stopped alike
+    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert (state["epoch"], state["batch"], state["world_size"]) == (1, 2, 2)
+    resumed = run_ranks(_ddp_train, 2, (str(tmp_path / "cut"), False, True, sync_bn))
+    for key, want in full[0].items():
+        assert torch.equal(resumed[0][key], want), key
+    if sync_bn:  # the global batch statistics differ from the local ones
+        local = run_ranks(_ddp_train, 2, (str(tmp_path / "local"), False, False, False))
+        assert not torch.equal(local[0]["bn1.running_mean"], full[0]["bn1.running_mean"])

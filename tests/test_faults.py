@@ -3,58 +3,13 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from _faulty import CFG, Faulty, tiny_loader, tiny_model
 
-import lacoot
-from lacoot.data import ImageDataset, TensorLoader
-from lacoot.models import create
 from lacoot.train import TrainConfig, TrainingInterrupted, load_checkpoint, train
-
-
-def _loader() -> TensorLoader:
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (96, 1, 8, 8), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 3, (96,), generator=g)
-    data = ImageDataset(images, labels, classes=["a", "b", "c"])
-    return TensorLoader(data, 16, shuffle=True, augment=True, seed=0, drop_last=True)
-
-
-def _model() -> tuple[torch.nn.Module, list[lacoot.Block]]:
-    torch.manual_seed(0)
-    model = create("resnet20", num_classes=3, in_channels=1, widths=[4, 4, 8])
-    return model, lacoot.find_blocks(model, torch.zeros(2, 1, 8, 8))
-
-
-CFG = TrainConfig(epochs=3, lam=0.1, lr=0.05, schedule="cosine", amp=False)
-
-
-class Faulty:
-    """Wraps a loader: at (epoch, batch) it sends a signal to this process, or makes the
-    batch's images NaN."""
-
-    def __init__(self, loader: TensorLoader, epoch: int, batch: int, fault: str | int) -> None:
-        self.loader, self.at, self.fault = loader, (epoch, batch), fault
-        self.epoch = self.start = 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start = epoch, start_batch
-        self.loader.set_epoch(epoch, start_batch=start_batch)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for k, (x, y) in enumerate(self.loader, start=self.start):
-            if (self.epoch, k) == self.at:
-                if self.fault == "nan":
-                    x = torch.full_like(x, float("nan"))
-                else:
-                    signal.raise_signal(int(self.fault))
-            yield x, y
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -63,13 +18,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_finishes_step_checkpoints_and_resumes_exactly(tmp_path: Path, sig) -> None:
-    model, blocks = _model()
-    train(model, blocks, _loader(), None, CFG, out_dir=tmp_path / "full", progress=False)
+    model, blocks = tiny_model()
+    train(model, blocks, tiny_loader(), None, CFG, out_dir=tmp_path / "full", progress=False)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    model, blocks = _model()
+    model, blocks = tiny_model()
     with pytest.raises(TrainingInterrupted) as info:
         train(
-            model, blocks, Faulty(_loader(), 1, 2, sig), None, CFG, out_dir=tmp_path / "cut",
+            model, blocks, Faulty(tiny_loader(), 1, 2, sig), None, CFG, out_dir=tmp_path / "cut",
             progress=False,
         )  # fmt: skip
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
@@ -78,9 +33,9 @@ def test_signal_finishes_step_checkpoints_and_resumes_exactly(tmp_path: Path, si
     assert f"{signal.Signals(sig).name} received: stopped epoch 2, after batch 3" in str(e)
     state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert (state["epoch"], state["batch"], len(state["history"])) == (1, 3, 1)
-    model, blocks = _model()
+    model, blocks = tiny_model()
     result = train(
-        model, blocks, _loader(), None, CFG, out_dir=tmp_path / "cut", resume=True,
+        model, blocks, tiny_loader(), None, CFG, out_dir=tmp_path / "cut", resume=True,
         progress=False,
     )  # fmt: skip
     want, got = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(result.checkpoint)
@@ -95,12 +50,12 @@ def test_signal_finishes_step_checkpoints_and_resumes_exactly(tmp_path: Path, si
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:
-    model, blocks = _model()
+    model, blocks = tiny_model()
     saved: list[bytes] = []
     ckpt = tmp_path / "checkpoint.pt"
     with pytest.raises(FloatingPointError) as info:
         train(
-            model, blocks, Faulty(_loader(), 1, 4, "nan"), None, CFG, out_dir=tmp_path,
+            model, blocks, Faulty(tiny_loader(), 1, 4, "nan"), None, CFG, out_dir=tmp_path,
             progress=False, on_epoch=lambda row: saved.append(ckpt.read_bytes()),
         )  # fmt: skip
     message = str(info.value)
@@ -112,11 +67,11 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:
 
 
 def test_nonfinite_skip_drops_the_batch_and_goes_on(tmp_path: Path) -> None:
-    model, blocks = _model()
+    model, blocks = tiny_model()
     cfg = TrainConfig(**{**CFG.to_dict(), "nonfinite": "skip"})
     with pytest.warns(RuntimeWarning, match="epoch 2: skipped 1 batches"):
         result = train(
-            model, blocks, Faulty(_loader(), 1, 4, "nan"), None, cfg, out_dir=tmp_path,
+            model, blocks, Faulty(tiny_loader(), 1, 4, "nan"), None, cfg, out_dir=tmp_path,
             progress=False,
         )  # fmt: skip
     assert [row.get("skipped_batches", 0) for row in result.history] == [0, 1, 0]

@@ -26,6 +26,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "all_gather_object",
+    "broadcast_",
     "all_reduce_sum",
     "all_reduce_max",
     "gather_batch",
@@ -162,6 +163,15 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_(tensors: Any, src: int = 0) -> None:
+    """Overwrite ``tensors`` (an iterable of tensors) with rank ``src``'s values, in place."""
+    if not _active():
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t, src=src)
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:

@@ -659,6 +659,9 @@ def train(
                         sums["seconds"] = time.perf_counter() - t0
                         checkpoint(epoch, k + 1, sums)
                         raise interrupted(stopper, epoch, k + 1)
+                # DDP keeps parameters equal; make the batch-norm statistics rank 0's too, so
+                # every rank evaluates and checkpoints the same model
+                dist_.broadcast_(model.buffers())
                 total = _reduce_sums(sums, names, dev)
                 seen = max(total["seen"], 1)
                 row: dict[str, Any] = {
