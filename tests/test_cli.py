@@ -103,6 +103,10 @@ def test_collapse_writes_report_and_plot(trained: Path, work: Path) -> None:
     assert png.startswith(b"\x89PNG")
     shallow = lacoot.load(work / "col" / "shallow.pt")
     assert lacoot.count_macs(shallow, torch.zeros(1, 1, 28, 28)) == report["chosen"]["macs"]
+    before = (work / "col" / "report.json").read_bytes()
+    err = lacoot_cmd("collapse", str(trained), "--blocks", "1", "--out", "col", cwd=work, check=2)
+    assert "already holds a collapse report" in err.stderr and "--overwrite" in err.stderr
+    assert (work / "col" / "report.json").read_bytes() == before
 
 
 @pytest.mark.parametrize("fmt", ["pt", "torchscript", "onnx"])
@@ -115,6 +119,13 @@ def test_export_round_trip(trained: Path, work: Path, fmt: str) -> None:
         "--output", str(target), cwd=work,
     ).stdout  # fmt: skip
     assert target.is_file()
+    written = target.read_bytes()
+    again = lacoot_cmd(
+        "export", str(trained), "--blocks", "1", "--format", fmt, "--output", str(target),
+        cwd=work, check=2,
+    )  # fmt: skip
+    assert "already exists; pass --overwrite" in again.stderr
+    assert target.read_bytes() == written
     state = load_checkpoint(trained)
     model, _, _ = model_from_checkpoint(state, trained, torch.device("cpu"))
     expected_model = lacoot.remove_blocks(model, ["layer1.1", "layer3.2"]).eval()

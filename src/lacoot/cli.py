@@ -188,6 +188,7 @@ def cmd_collapse(args: argparse.Namespace) -> int:
         seed=args.seed,
         latency_batch_sizes=args.latency_batch_sizes,
         latency_repeats=args.latency_repeats,
+        overwrite=args.overwrite,
     )
     _summarise(report, out)
     return 0
@@ -212,6 +213,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .pipeline import model_from_checkpoint, run_scoring
     from .train import load_checkpoint, resolve_device
 
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{str(output)!r} already exists; pass --overwrite to replace it")
     dev = resolve_device(args.device)
     state = load_checkpoint(args.checkpoint, map_location=dev)
     model, blocks, _ = model_from_checkpoint(state, args.checkpoint, dev)
@@ -229,7 +233,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ValueError(f"blocks {unknown} are not collapsible; expected some of {names}")
     shallow = remove_blocks(model, removed).eval()
     example = torch.zeros(1, *state["image_shape"], device=dev)
-    output = Path(args.output)
     if args.format == "pt":
         save_model(output, shallow, state["model_spec"], removed)
     elif args.format == "torchscript":
@@ -323,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 128])
     p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--out", help="report folder (default: beside the checkpoint, collapse/)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in OUT")
     p.set_defaults(func=cmd_collapse)
 
     p = sub.add_parser("export", help="write the physically shallower model")
@@ -335,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", default="msw", help=_HELP["criterion"])
     p.add_argument("--format", choices=["pt", "torchscript", "onnx"], default="pt")
     p.add_argument("--output", required=True, help="file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT file")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 
+COLLAPSE_OUTPUTS = ("report.json", "report.md", "accuracy_vs_macs.png", "shallow.pt")
 DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
 
 
@@ -398,17 +399,25 @@ def run_collapse(
     seed: int = 0,
     latency_batch_sizes: Sequence[int] = (1, 128),
     latency_repeats: int = 10,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Sweep k = 0..K removed blocks for each criterion, choose within the budget, write a report.
 
     Writes ``report.json``, ``report.md`` and ``accuracy_vs_macs.png`` (when matplotlib is
     installed) into ``out`` and the chosen shallow model as ``shallow.pt``; returns the report.
+    An earlier report in ``out`` is an error unless ``overwrite``.
     """
     from .export import save_model
     from .report import write_report
 
     if max_drop is None and max_macs is None and blocks is None:
         raise ValueError("no budget given; expected max_drop, max_macs or blocks")
+    earlier = [n for n in COLLAPSE_OUTPUTS if (Path(out) / n).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"output folder {str(out)!r} already holds a collapse report ({', '.join(earlier)}); "
+            "pass --overwrite to replace it or choose another --out"
+        )
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, map_location=dev)
     model, found, spec = model_from_checkpoint(state, checkpoint, dev)
@@ -463,9 +472,7 @@ def run_collapse(
     return report
 
 
-def run_all(
-    cfg: RunConfig, overwrite: bool = False, resume: bool = False
-) -> dict[str, Any] | None:
+def run_all(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any] | None:
     """The main job: train with LaCoOT, then collapse and report into ``cfg.out``.
 
     Under ``torchrun`` every process trains and rank 0 alone collapses and reports; the other
@@ -487,4 +494,5 @@ def run_all(
         seed=cfg.seed,
         latency_batch_sizes=cfg.latency_batch_sizes,
         latency_repeats=cfg.latency_repeats,
+        overwrite=overwrite or resume,  # a fresh run's folder was checked to be empty
     )
