@@ -89,3 +89,25 @@ def test_bad_training_options_are_rejected() -> None:
     assert TrainConfig.same_run({"epochs": 3, "lam": 0.1, "lr": 0.05}, TrainConfig(
         epochs=3, lam=0.1, lr=0.05))  # fmt: skip
     assert not TrainConfig.same_run({"epochs": "x"}, CFG)
+
+
+def test_dataloader_with_distributed_sampler_is_told_the_epoch(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,)))
+    sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0)
+    seen: list[int] = []
+    model, blocks = tiny_model()
+    cfg = TrainConfig(**{**CFG.to_dict(), "epochs": 2})
+    loader = DataLoader(data, batch_size=8, sampler=sampler)
+    train(
+        model,
+        blocks,
+        loader,
+        None,
+        cfg,
+        progress=False,
+        on_epoch=lambda r: seen.append(sampler.epoch),
+    )
+    assert seen == [0, 1]

@@ -27,8 +27,7 @@ __all__ = [
     "broadcast_object",
     "all_gather_object",
     "broadcast_",
-    "all_reduce_sum",
-    "all_reduce_max",
+    "all_reduce",
     "gather_batch",
 ]
 
@@ -174,21 +173,16 @@ def broadcast_(tensors: Any, src: int = 0) -> None:
             dist.broadcast(t, src=src)
 
 
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum of ``t`` over ranks (a new tensor; no gradient). Identity in a single process."""
+def all_reduce(t: Tensor, op: str = "sum") -> Tensor:
+    """``t`` reduced element-wise over ranks with ``op`` (``"sum"`` or ``"max"``): a new tensor,
+    no gradient. Identity in a single process."""
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+    if op not in ops:
+        raise ValueError(f"op={op!r}; expected 'sum' or 'max'")
     if not _active():
         return t
     t = t.detach().clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_reduce_max(t: Tensor) -> Tensor:
-    """Element-wise maximum of ``t`` over ranks (a new tensor; no gradient)."""
-    if not _active():
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=ops[op])
     return t
 
 

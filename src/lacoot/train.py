@@ -389,7 +389,7 @@ def _reduce_sums(sums: dict[str, Any], names: Sequence[str], dev: torch.device) 
     keys = ("loss", "penalty", "correct", "seen", "skipped")
     flat = [float(sums[k]) for k in keys]
     flat += [sums["dist"][n] for n in names] + [float(sums["count"][n]) for n in names]
-    total = dist_.all_reduce_sum(torch.tensor(flat, dtype=torch.float64, device=dev)).tolist()
+    total = dist_.all_reduce(torch.tensor(flat, dtype=torch.float64, device=dev)).tolist()
     out = dict(sums)
     out.update(zip(keys, total[: len(keys)], strict=True))
     m = len(names)
@@ -576,7 +576,7 @@ def train(
         """(any rank's loss non-finite, any rank asked to stop): every rank decides alike."""
         flags = (nonfinite, stopper.signum is not None)
         if where.distributed:
-            t = dist_.all_reduce_max(torch.tensor([float(f) for f in flags], device=dev))
+            t = dist_.all_reduce(torch.tensor([float(f) for f in flags], device=dev), "max")
             flags = (bool(t[0] > 0), bool(t[1] > 0))
         return flags
 
