@@ -60,7 +60,7 @@ from lacoot.train import CheckpointError, TrainConfig, load_checkpoint, resolve_
 
 MAX_DROP = 1.0  # points of test accuracy below the vanilla full model (the goal)
 MAX_MACS = 0.5  # fraction of the full model's MACs (the goal: at least half removed)
-ORDERS = ("msw", "cosine", "depth")  # deterministic orders; "random" is handled apart
+ORDERS = ("msw", "msw_rel", "cosine", "depth")  # deterministic orders; "random" apart
 
 
 # ----------------------------------------------------------------------------------- arguments
@@ -416,7 +416,10 @@ def plot(path: Path, record: dict[str, Any]) -> bool:
         return False
 
     fig, (ax_macs, ax_k) = plt.subplots(1, 2, figsize=(14, 5.5))
-    styles = {"msw": "-", "cosine": "--", "depth": ":", "random": "-."}
+    styles = {
+        "msw": "-", "msw_rel": (0, (6, 1.5, 1, 1.5, 1, 1.5)), "cosine": "--", "depth": ":",
+        "random": "-.",
+    }  # fmt: skip
     colors = ["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:cyan"]
     lacoot = [r for r in record["models"] if r["lam"] > 0]
     for r in record["models"]:
@@ -432,10 +435,10 @@ def plot(path: Path, record: dict[str, Any]) -> bool:
             label = f"{name}, {order}" + (
                 f" (mean±std, {len(r['random_seeds'])})" if order == "random" else ""
             )
-            width = 2.2 if order == "msw" and r["lam"] > 0 else 1.2
+            width = 2.2 if order in ("msw", "msw_rel") and r["lam"] > 0 else 1.2
             for ax, x in ((ax_macs, macs), (ax_k, ks)):
-                ax.plot(x, acc, styles[order], color=color, lw=width, marker="o", ms=2.5,
-                        label=label if ax is ax_k else None)  # fmt: skip
+                ax.plot(x, acc, linestyle=styles[order], color=color, lw=width, marker="o",
+                        ms=2.5, label=label if ax is ax_k else None)  # fmt: skip
                 if order == "random":
                     std = [p["test_accuracy_std"] for p in pts]
                     lo = [a - s for a, s in zip(acc, std, strict=True)]

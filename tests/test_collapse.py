@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from _nets import residual_mlp
 
 import lacoot
 from lacoot.collapse import Sweep, SweepPoint
-from lacoot.criteria import Criterion, get_criterion
+from lacoot.criteria import Criterion, get_criterion, principal_spread
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def setup():
 def test_score_criteria(setup) -> None:
     model, blocks, loader = setup
     names = [b.name for b in blocks]
-    for crit in ("msw", "cosine", "angular"):
+    for crit in ("msw", "msw_rel", "cosine", "angular"):
         scores = lacoot.score_blocks(model, blocks, loader, criterion=crit)
         assert list(scores) == names
         assert all(math.isfinite(v) and v >= 0 for v in scores.values())
@@ -49,6 +50,31 @@ def test_cosine_and_msw_against_direct_computation(setup) -> None:
     msw = lacoot.score_blocks(model, blocks, [(x, None)], criterion="msw", seed=5)
     ref = lacoot.max_sliced_wasserstein(X, Y, method="ascent", seed=5)
     assert msw["1"] == pytest.approx(float(ref), rel=1e-5)
+    # msw_rel: the same distance over the principal spread of the input, from NumPy's eigenvalues
+    rel = lacoot.score_blocks(model, blocks, [(x, None)], criterion="msw_rel", seed=5)
+    cov = np.cov(X.double().numpy(), rowvar=False, bias=True)
+    spread = math.sqrt(np.linalg.eigvalsh(cov)[-1])
+    assert rel["1"] == pytest.approx(float(ref) / spread, rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(40, 7), (9, 30)])  # n > d and n < d
+def test_principal_spread_is_the_msw_to_the_mean(shape: tuple[int, int]) -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(*shape, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, shape[1])
+    cov = np.cov(X.numpy(), rowvar=False, bias=True)
+    want = math.sqrt(np.linalg.eigvalsh(cov)[-1])
+    got = principal_spread(X)
+    assert got.shape == () and torch.isfinite(got)
+    assert float(got) == pytest.approx(want, rel=1e-10)
+    # it is the max-sliced W2 between X and a point mass at its mean (ascent finds it, rel 1e-4)
+    centre = X.mean(0, keepdim=True).expand_as(X)
+    msw = lacoot.max_sliced_wasserstein(X, centre, method="ascent", seed=0)
+    assert float(msw) == pytest.approx(want, rel=1e-4)
+    # dimensionless: scaling the features scales both distances alike
+    Y = X + 0.3 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    a = get_criterion("msw_rel").batch_score(X, Y, 0)
+    b = get_criterion("msw_rel").batch_score(7.5 * X, 7.5 * Y, 0)
+    assert float(b) == pytest.approx(float(a), rel=1e-9)
 
 
 def test_identity_block_scores_zero(setup) -> None:
@@ -56,7 +82,7 @@ def test_identity_block_scores_zero(setup) -> None:
     with torch.no_grad():
         for p in model[2].fc2.parameters():
             p.zero_()  # block 2 is now exactly the identity
-    for crit in ("msw", "cosine", "angular"):
+    for crit in ("msw", "msw_rel", "cosine", "angular"):
         scores = lacoot.score_blocks(model, blocks, loader, criterion=crit)
         assert scores["2"] == pytest.approx(0.0, abs=1e-5)
         assert lacoot.removal_order(blocks, scores)[0] == "2"

@@ -48,7 +48,7 @@ _HELP = {
     "global_msw": "under torchrun: compute the MSW penalty on the global batch (features of "
     "all processes gathered) instead of each process's own",
     "sync_bn": "under torchrun: batch-norm statistics over the global batch",
-    "criterion": "block order: msw, cosine, angular, random or depth",
+    "criterion": "block order: msw, msw_rel, cosine, angular, random or depth",
     "compare": "other block orders measured for comparison",
     "max_drop": "largest validation-accuracy drop allowed, in percentage points (run: 1.0 when "
     "no other budget is given)",

@@ -2,6 +2,9 @@
 
 * ``msw``: LaCoOT's criterion, the Max-Sliced Wasserstein distance between a block's input and
   output distributions (samples flattened), averaged over calibration batches.
+* ``msw_rel``: ``msw`` divided by the spread of the block's input along its principal direction
+  (the distance from the input cloud to a point at its mean, measured the same way). Raw
+  distances grow with the width and scale of a stage; the ratio is comparable across stages.
 * ``cosine``: block influence, ``1 - mean cos(x_i, y_i)`` over samples (the score used to prune
   layers of large language models, e.g. ShortGPT).
 * ``angular``: ``mean arccos(cos(x_i, y_i)) / pi`` (Gromov et al., "The Unreasonable
@@ -27,7 +30,14 @@ from .ot import max_sliced_wasserstein
 from .profile import model_device
 from .regularizer import block_io_hooks
 
-__all__ = ["Criterion", "register_criterion", "list_criteria", "get_criterion", "score_blocks"]
+__all__ = [
+    "Criterion",
+    "register_criterion",
+    "list_criteria",
+    "get_criterion",
+    "score_blocks",
+    "principal_spread",
+]
 
 BatchScore = Callable[[Tensor, Tensor, int], Tensor]
 StaticScore = Callable[[Sequence[Block], int], dict[str, float]]
@@ -94,6 +104,22 @@ def _msw(X: Tensor, Y: Tensor, seed: int) -> Tensor:
     return max_sliced_wasserstein(X, Y, method="ascent", seed=seed)
 
 
+def principal_spread(X: Tensor) -> Tensor:
+    """Standard deviation of ``X: (n, d)`` along its principal direction, ``sqrt(lambda_max)`` of
+    its (biased) covariance: the Max-Sliced ``W_2`` between ``X`` and a point mass at its mean.
+
+    Exact, from the eigenvalues of the ``min(n, d)``-sized Gram matrix in float64.
+    """
+    Xc = (X - X.mean(dim=0, keepdim=True)).double()
+    gram = Xc @ Xc.T if Xc.shape[0] <= Xc.shape[1] else Xc.T @ Xc
+    return (torch.linalg.eigvalsh(gram)[-1].clamp_min(0) / X.shape[0]).sqrt().to(X.dtype)
+
+
+def _msw_relative(X: Tensor, Y: Tensor, seed: int) -> Tensor:
+    spread = principal_spread(X)
+    return _msw(X, Y, seed) / spread.clamp_min(torch.finfo(spread.dtype).tiny)
+
+
 def _random(blocks: Sequence[Block], seed: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
     values = torch.rand(len(blocks), generator=gen, dtype=torch.float64)
@@ -107,6 +133,14 @@ def _depth(blocks: Sequence[Block], seed: int) -> dict[str, float]:
 
 register_criterion(
     Criterion("msw", "Max-Sliced Wasserstein distance input->output (LaCoOT)", batch_score=_msw)
+)
+register_criterion(
+    Criterion(
+        "msw_rel",
+        "Max-Sliced Wasserstein distance input->output over the input's principal spread "
+        "(dimensionless, comparable across stages)",
+        batch_score=_msw_relative,
+    )
 )
 register_criterion(
     Criterion(
@@ -147,7 +181,8 @@ def score_blocks(
         Calibration batches (the validation split); required by data-driven criteria. Batches of
         fewer than 2 samples are skipped.
     criterion : str
-        A registered criterion: ``msw``, ``cosine``, ``angular``, ``random``, ``depth``.
+        A registered criterion: ``msw``, ``msw_rel``, ``cosine``, ``angular``, ``random``,
+        ``depth``.
     seed : int
         Seed of the criterion's randomness (random directions, random order).
     max_batches : int, optional
@@ -156,7 +191,8 @@ def score_blocks(
     Returns
     -------
     dict
-        Block name -> score (``msw``: a distance in feature units; others dimensionless).
+        Block name -> score (``msw``: a distance in feature units; others dimensionless;
+        ``msw_rel`` is ``msw`` divided by :func:`principal_spread` of the block's input).
     """
     crit = get_criterion(criterion)
     if not blocks:
