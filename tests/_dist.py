@@ -19,9 +19,12 @@ def _entry(rank: int, world_size: int, fn: Callable[..., Any], store: str, out: 
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
-        dist.barrier()  # nobody leaves while a peer still talks (gloo aborts otherwise)
+        dist.barrier()  # nobody leaves while a peer still talks
     finally:
         dist.destroy_process_group()
+    # Skip interpreter finalisation: gloo's worker threads can still hold tensors whose release
+    # then aborts the process (SIGABRT, "terminate called without an active exception").
+    os._exit(0)
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = ()) -> list[Any]:

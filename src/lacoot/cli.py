@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -360,6 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lacoot`` command; returns its exit code."""
+    code = _main(argv)
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):  # a torchrun worker
+        # Every file is written and closed. Skip interpreter finalisation, where gloo's worker
+        # threads can abort a finished process (SIGABRT, "terminate called without an active
+        # exception") and turn a successful run into a failed one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "collapse" and args.max_drop is None and args.max_macs is None:

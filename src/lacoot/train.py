@@ -537,7 +537,11 @@ def train(
     if where.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if dev.type == "cuda":
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            net = DistributedDataParallel(model, device_ids=[index])
+        else:
+            net = DistributedDataParallel(model)
 
     def checkpoint(epoch: int, batch: int, sums: dict[str, Any] | None) -> None:
         """All ranks take part (their random states and directions are gathered)."""
