@@ -187,6 +187,9 @@ def test_batch_not_divisible_by_processes(work: Path) -> None:
     )  # fmt: skip
     assert proc.returncode != 0
     assert "batch_size=33 is not divisible by the 2 processes" in proc.stderr
+    proc = _run(torchrun("collapse", "none.pt", "--blocks", "1", work=work), work, check=None)
+    assert proc.returncode != 0
+    assert "`lacoot collapse` runs in one process; only train and run" in proc.stderr
 
 
 def _ddp_train(rank: int, world_size: int, out: str, fault: bool, resume: bool, sync_bn: bool):

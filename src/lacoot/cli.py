@@ -376,6 +376,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in ("train", "run") and os.environ.get("WORLD_SIZE", "1") != "1":
+        print(
+            f"lacoot: error: `lacoot {args.command}` runs in one process; only train and run "
+            "are distributed: start it without torchrun",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     if args.command == "collapse" and args.max_drop is None and args.max_macs is None:
         if args.blocks is None:
             parser.error("collapse needs a budget: --max-drop, --max-macs or --blocks")
