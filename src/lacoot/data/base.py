@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -186,18 +187,22 @@ class ImageDataset(Dataset):
             Compute ``mean``/``std`` from the subset instead of inheriting this dataset's.
         """
         idx = torch.as_tensor(indices, dtype=torch.int64, device=self.images.device)
-        images = self.images[idx]
-        return ImageDataset(
-            images,
-            self.labels[idx.to(self.labels.device)],
-            self.classes,
-            None if recompute_stats else self.mean,
-            None if recompute_stats else self.std,
-            name=self.name,
+        return self._replace(
+            images=self.images[idx],
+            labels=self.labels[idx.to(self.labels.device)],
+            mean=None if recompute_stats else self.mean,
+            std=None if recompute_stats else self.std,
             split=self.split if split is None else split,
-            root=self.root,
-            hflip=self.hflip,
         )
+
+    def _replace(self, **changes: Any) -> ImageDataset:
+        """A new dataset with this one's fields, except ``changes`` (constructor arguments)."""
+        fields = {
+            "images": self.images, "labels": self.labels, "classes": self.classes,
+            "mean": self.mean, "std": self.std, "name": self.name, "split": self.split,
+            "root": self.root, "hflip": self.hflip,
+        }  # fmt: skip
+        return ImageDataset(**(fields | changes))
 
     def with_stats(self, mean: Sequence[float], std: Sequence[float]) -> ImageDataset:
         """Same tensors (not copied), other normalisation statistics.
@@ -205,31 +210,11 @@ class ImageDataset(Dataset):
         Typical use: normalise a test set with the training set's statistics,
         ``test = test.with_stats(train.mean, train.std)``.
         """
-        return ImageDataset(
-            self.images,
-            self.labels,
-            self.classes,
-            mean,
-            std,
-            name=self.name,
-            split=self.split,
-            root=self.root,
-            hflip=self.hflip,
-        )
+        return self._replace(mean=mean, std=std)
 
     def to(self, device: str | torch.device) -> ImageDataset:
         """Same dataset with its tensors on ``device`` (no copy if already there)."""
-        return ImageDataset(
-            self.images.to(device),
-            self.labels.to(device),
-            self.classes,
-            self.mean,
-            self.std,
-            name=self.name,
-            split=self.split,
-            root=self.root,
-            hflip=self.hflip,
-        )
+        return self._replace(images=self.images.to(device), labels=self.labels.to(device))
 
     def __repr__(self) -> str:
         c, h, w = self.image_shape
