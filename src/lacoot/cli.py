@@ -49,6 +49,12 @@ _HELP = {
     "global_msw": "under torchrun: compute the MSW penalty on the global batch (features of "
     "all processes gathered) instead of each process's own",
     "sync_bn": "under torchrun: batch-norm statistics over the global batch",
+    "relative": "divide each block's MSW by its input's principal spread (scale-free penalty)",
+    "penalize": "glob patterns of the blocks to penalise, e.g. 'layer*.2' (default: all blocks)",
+    "target_blocks": "penalise only the K blocks ranked cheapest to remove after the warm-up",
+    "target_macs": "penalise only the blocks whose removal brings the MACs to this fraction",
+    "target_warmup": "epochs with every block penalised before target blocks are chosen",
+    "target_criterion": "criterion that ranks the blocks when the targets are chosen",
     "criterion": "block order: msw, msw_rel, cosine, angular, random or depth",
     "compare": "other block orders measured for comparison",
     "max_drop": "largest validation-accuracy drop allowed, in percentage points (run: 1.0 when "
@@ -63,7 +69,8 @@ _TRAIN_KEYS = [
     "model", "model_args", "dataset", "data_dir", "val_fraction", "batch_size", "augment",
     "device", "out", "epochs", "lam", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
     "schedule", "milestones", "gamma", "seed", "amp", "method", "n_projections", "n_iters",
-    "nonfinite", "global_msw", "sync_bn", "progress",
+    "nonfinite", "global_msw", "sync_bn", "relative", "penalize", "target_blocks",
+    "target_macs", "target_warmup", "target_criterion", "progress",
 ]  # fmt: skip
 _COLLAPSE_KEYS = [
     "criterion", "compare", "max_drop", "max_macs", "blocks", "latency_batch_sizes",
@@ -100,7 +107,7 @@ def _add_run_options(parser: argparse.ArgumentParser, keys: Sequence[str]) -> No
             parser.add_argument(flag, dest=key, action=flag_action, help=help_text)
         elif key in ("milestones", "latency_batch_sizes"):
             parser.add_argument(flag, dest=key, type=int, nargs="+", help=help_text)
-        elif key == "compare":
+        elif key in ("compare", "penalize"):
             parser.add_argument(flag, dest=key, nargs="*", help=help_text)
         else:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(

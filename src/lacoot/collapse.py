@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .blocks import Block, remove_blocks
 from .profile import compare_latency, count_macs, count_params, evaluate_accuracy, model_device
 
-__all__ = ["removal_order", "collapse", "sweep", "Sweep", "SweepPoint"]
+__all__ = ["removal_order", "choose_blocks", "collapse", "sweep", "Sweep", "SweepPoint"]
 
 Loader = Iterable[tuple[Tensor, Tensor]]
 
@@ -26,12 +26,53 @@ def removal_order(blocks: Sequence[Block], scores: Mapping[str, float]) -> list[
     return [b.name for b in ordered]
 
 
+def choose_blocks(
+    blocks: Sequence[Block],
+    scores: Mapping[str, float],
+    full_macs: int,
+    n_blocks: int | None = None,
+    max_macs: float | None = None,
+) -> list[str]:
+    """The blocks a budget removes, in removal order: the first ``n_blocks`` of the order, or as
+    few as bring the MACs per sample to at most ``max_macs * full_macs``.
+
+    ``full_macs`` is the whole model's MACs per sample; each block saves its own ``Block.macs``.
+    """
+    if (n_blocks is None) == (max_macs is None):
+        raise ValueError(
+            f"n_blocks={n_blocks!r}, max_macs={max_macs!r}; expected exactly one of them"
+        )
+    order = removal_order(blocks, scores)
+    if n_blocks is not None:
+        if not 1 <= n_blocks <= len(order):
+            raise ValueError(f"n_blocks={n_blocks!r}; expected 1..{len(order)} blocks")
+        return order[:n_blocks]
+    assert max_macs is not None
+    if not 0 < max_macs < 1:
+        raise ValueError(f"max_macs={max_macs!r}; expected a fraction in (0, 1)")
+    saves = {b.name: b.macs for b in blocks}
+    chosen, macs = [], full_macs
+    for name in order:
+        if macs <= max_macs * full_macs:
+            return chosen
+        chosen.append(name)
+        macs -= saves[name]
+    if macs > max_macs * full_macs:
+        raise ValueError(
+            f"max_macs={max_macs}: removing every block leaves {macs / full_macs:.1%} of the MACs"
+        )
+    return chosen
+
+
 @dataclass(frozen=True)
 class SweepPoint:
-    """The model with its ``k`` lowest-scored blocks removed, measured.
+    """The model with its ``k`` lowest-scored blocks removed (and repaired), measured.
 
-    Accuracies are top-1 in percent; ``macs`` are per sample; ``latency_ms`` maps a batch size to
-    the median forward time in milliseconds.
+    Accuracies are top-1 in percent, of the repaired model when the sweep repairs;
+    ``unrepaired`` holds the ``val_accuracy`` and ``test_accuracy`` of the same collapse without
+    repair (equal when the sweep does not repair). ``macs`` (per sample), ``params`` and
+    ``latency_ms`` (batch size -> median forward time in milliseconds) are the repaired model's,
+    linear patches included.
     """
 
     k: int
@@ -41,6 +82,7 @@ class SweepPoint:
     macs: int
     params: int
     latency_ms: dict[int, float] = field(default_factory=dict)
+    unrepaired: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -55,6 +97,8 @@ class Sweep:
 
     order: tuple[str, ...]
     points: tuple[SweepPoint, ...]
+    repair: str = "none"
+    calib_samples: int = 0  # calibration images each repair used (0: no repair)
 
     @property
     def full(self) -> SweepPoint:
@@ -120,7 +164,12 @@ class Sweep:
         return max(feasible, key=lambda p: p.k)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"order": list(self.order), "points": [p.to_dict() for p in self.points]}
+        return {
+            "order": list(self.order),
+            "repair": self.repair,
+            "calib_samples": self.calib_samples,
+            "points": [p.to_dict() for p in self.points],
+        }
 
 
 def collapse(model: nn.Module, selection: SweepPoint | Iterable[str | Block]) -> nn.Module:
@@ -143,6 +192,10 @@ def sweep(
     latency_batch_sizes: Sequence[int] = (1,),
     warmup: int = 3,
     repeats: int = 10,
+    repair: str = "none",
+    calib_loader: Loader | None = None,
+    calib_samples: int = 2048,
+    progress: Callable[[str], None] | None = None,
 ) -> Sweep:
     """Remove blocks cumulatively in score order and measure every step ``k = 0..K``.
 
@@ -164,11 +217,28 @@ def sweep(
     warmup, repeats : int
         Latency measurement: the ``K + 1`` models take turns, ``repeats`` timed rounds after
         ``warmup`` untimed ones; the median per model is kept.
+    repair : {"none", "bn", "linear"}
+        Training-free repair of every collapse with ``k >= 1`` (:func:`lacoot.repair.repair`);
+        the points then hold the repaired figures and, in ``unrepaired``, the plain ones.
+    calib_loader : iterable of (inputs, labels), optional
+        Calibration data of the repair; ``val_loader`` by default.
+    calib_samples : int
+        Calibration images per repair.
+    progress : callable, optional
+        Called with a short message after each measured ``k``.
     """
+    from .repair import REPAIRS
+    from .repair import repair as repair_model
+
+    if repair not in REPAIRS:
+        raise ValueError(f"repair={repair!r} is not known; expected one of {', '.join(REPAIRS)}")
     order = removal_order(blocks, scores)
     K = len(order) if max_blocks is None else max_blocks
     if not 0 <= K <= len(order):
         raise ValueError(f"max_blocks={max_blocks}; expected 0..{len(order)}")
+    calib = calib_loader if calib_loader is not None else val_loader
+    if repair != "none" and calib is None:
+        raise ValueError(f"repair={repair!r} needs calibration data; pass calib_loader=...")
     device = model_device(model)
     if example_input is None:
         source = val_loader if val_loader is not None else test_loader
@@ -176,7 +246,13 @@ def sweep(
             raise ValueError("pass example_input, or a loader to take one sample from")
         example_input = next(iter(source))[0][:1]
     example_input = example_input.to(device)
-    models = [remove_blocks(model, order[:k]) if k else model for k in range(K + 1)]
+    plain = [remove_blocks(model, order[:k]) if k else model for k in range(K + 1)]
+    models = plain
+    if repair != "none":
+        models = [model] + [
+            repair_model(model, order[:k], calib, method=repair, n_samples=calib_samples)
+            for k in range(1, K + 1)
+        ]
     latencies: list[dict[int, float]] = [{} for _ in models]
     for bs in latency_batch_sizes:
         batch = example_input.expand(bs, *example_input.shape[1:]).contiguous()
@@ -185,20 +261,34 @@ def sweep(
             lat[bs] = t.median_ms
     points = []
     for k, current in enumerate(models):
+        accuracy = _accuracies(current, val_loader, test_loader)
         points.append(
             SweepPoint(
                 k=k,
                 removed=tuple(order[:k]),
-                val_accuracy=None if val_loader is None else evaluate_accuracy(current, val_loader),
-                test_accuracy=None
-                if test_loader is None
-                else evaluate_accuracy(current, test_loader),
+                val_accuracy=accuracy["val_accuracy"],
+                test_accuracy=accuracy["test_accuracy"],
                 macs=count_macs(current, example_input[:1]),
                 params=count_params(current),
                 latency_ms=latencies[k],
+                unrepaired=accuracy
+                if current is plain[k]
+                else _accuracies(plain[k], val_loader, test_loader),
             )
         )
-    del models
+        if progress is not None:
+            progress(f"k={k}: val {accuracy['val_accuracy']}, test {accuracy['test_accuracy']}")
+    del models, plain
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Sweep(order=tuple(order), points=tuple(points))
+    used = calib_samples if repair != "none" else 0
+    return Sweep(order=tuple(order), points=tuple(points), repair=repair, calib_samples=used)
+
+
+def _accuracies(
+    model: nn.Module, val_loader: Loader | None, test_loader: Loader | None
+) -> dict[str, float | None]:
+    return {
+        "val_accuracy": None if val_loader is None else evaluate_accuracy(model, val_loader),
+        "test_accuracy": None if test_loader is None else evaluate_accuracy(model, test_loader),
+    }

@@ -9,6 +9,10 @@
   layers of large language models, e.g. ShortGPT).
 * ``angular``: ``mean arccos(cos(x_i, y_i)) / pi`` (Gromov et al., "The Unreasonable
   Ineffectiveness of the Deeper Layers").
+* ``greedy``: the iterative calibration-driven removal of SLEB and BlockPruner: at each step the
+  block whose removal (with the chosen repair) keeps the highest calibration accuracy goes next.
+  Costs ``N (N + 1) / 2 - 1`` repairs and evaluations of the calibration split for ``N`` blocks.
+  Its scores are removal positions (0 = first).
 * ``random``: a seeded random order.
 * ``depth``: deepest block first.
 
@@ -41,6 +45,8 @@ __all__ = [
 
 BatchScore = Callable[[Tensor, Tensor, int], Tensor]
 StaticScore = Callable[[Sequence[Block], int], dict[str, float]]
+# (model, blocks, calibration loader, repair, calibration samples) -> scores
+ModelScore = Callable[[nn.Module, Sequence[Block], Iterable, str, int], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,16 @@ class Criterion:
     """A way to rank blocks.
 
     Exactly one of ``batch_score`` (data-driven: ``(X, Y, seed) -> scalar`` for one batch with
-    ``X, Y: (B, D)``, averaged over batches weighted by ``B``) and ``static_score`` (blocks and seed
-    to scores, no data) is set.
+    ``X, Y: (B, D)``, averaged over batches weighted by ``B``), ``static_score`` (blocks and seed
+    to scores, no data) and ``model_score`` (runs collapsed models on the calibration data:
+    ``(model, blocks, loader, repair, calib_samples) -> scores``) is set.
     """
 
     name: str
     description: str
     batch_score: BatchScore | None = None
     static_score: StaticScore | None = None
+    model_score: ModelScore | None = None
 
 
 _CRITERIA: dict[str, Criterion] = {}
@@ -63,9 +71,11 @@ _CRITERIA: dict[str, Criterion] = {}
 
 def register_criterion(criterion: Criterion) -> Criterion:
     """Add ``criterion`` to the registry (a warning if it replaces one of the same name)."""
-    if (criterion.batch_score is None) == (criterion.static_score is None):
+    kinds = (criterion.batch_score, criterion.static_score, criterion.model_score)
+    if sum(k is not None for k in kinds) != 1:
         raise ValueError(
-            f"criterion {criterion.name!r} must set exactly one of batch_score and static_score"
+            f"criterion {criterion.name!r} must set exactly one of batch_score, static_score and "
+            "model_score"
         )
     if criterion.name in _CRITERIA:
         warnings.warn(f"criterion {criterion.name!r} is replaced", UserWarning, stacklevel=2)
@@ -156,6 +166,35 @@ register_criterion(
         batch_score=lambda X, Y, seed: (_angle(X, Y) / math.pi).mean(),
     )
 )
+def _greedy(
+    model: nn.Module, blocks: Sequence[Block], loader: Iterable, repair: str, calib_samples: int
+) -> dict[str, float]:
+    from .profile import evaluate_accuracy
+    from .repair import repair as repair_model
+
+    removed: list[str] = []
+    remaining = sorted(blocks, key=lambda b: -b.order)  # ties go to the deeper block
+    while len(remaining) > 1:
+        accuracy = {
+            b.name: evaluate_accuracy(
+                repair_model(model, [*removed, b.name], loader, repair, calib_samples), loader
+            )
+            for b in remaining
+        }
+        best = max(remaining, key=lambda b: accuracy[b.name])
+        removed.append(best.name)
+        remaining.remove(best)
+    removed += [b.name for b in remaining]
+    return {name: float(i) for i, name in enumerate(removed)}
+
+
+register_criterion(
+    Criterion(
+        "greedy",
+        "iterative removal of the block whose removal (repaired) costs least calibration accuracy",
+        model_score=_greedy,
+    )
+)
 register_criterion(Criterion("random", "seeded random order", static_score=_random))
 register_criterion(Criterion("depth", "deepest block first", static_score=_depth))
 
@@ -168,6 +207,8 @@ def score_blocks(
     criterion: str = "msw",
     seed: int = 0,
     max_batches: int | None = None,
+    repair: str = "bn",
+    calib_samples: int = 2048,
 ) -> dict[str, float]:
     """Score every block; lower scores are removed first.
 
@@ -181,12 +222,16 @@ def score_blocks(
         Calibration batches (the validation split); required by data-driven criteria. Batches of
         fewer than 2 samples are skipped.
     criterion : str
-        A registered criterion: ``msw``, ``msw_rel``, ``cosine``, ``angular``, ``random``,
-        ``depth``.
+        A registered criterion: ``msw``, ``msw_rel``, ``cosine``, ``angular``, ``greedy``,
+        ``random``, ``depth``.
     seed : int
         Seed of the criterion's randomness (random directions, random order).
     max_batches : int, optional
         Use only the first batches of ``loader``.
+    repair, calib_samples
+        For criteria that run collapsed models (``greedy``): the repair of every candidate
+        collapse (:func:`lacoot.repair.repair`) and its calibration images. The candidates are
+        evaluated on the whole of ``loader``.
 
     Returns
     -------
@@ -201,6 +246,12 @@ def score_blocks(
         return crit.static_score(blocks, seed)
     if loader is None:
         raise ValueError(f"criterion {criterion!r} needs calibration data; pass loader=...")
+    if crit.model_score is not None:
+        from .repair import REPAIRS
+
+        if repair not in REPAIRS:
+            raise ValueError(f"repair={repair!r} is not known; expected one of {REPAIRS}")
+        return crit.model_score(model, blocks, loader, repair, calib_samples)
     assert crit.batch_score is not None
     batch_score = crit.batch_score
     sums = {b.name: 0.0 for b in blocks}

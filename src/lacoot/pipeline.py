@@ -81,6 +81,12 @@ class RunConfig:
     nonfinite: str = "stop"
     global_msw: bool = False
     sync_bn: bool = False
+    relative: bool = False
+    penalize: list[str] = field(default_factory=list)
+    target_blocks: int | None = None
+    target_macs: float | None = None
+    target_warmup: int = 1
+    target_criterion: str = "msw_rel"
     # scoring and collapse
     criterion: str = "msw"
     compare: list[str] = field(default_factory=lambda: ["cosine", "random", "depth"])

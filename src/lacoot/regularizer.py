@@ -17,7 +17,33 @@ from .blocks import Block, count_tensor_args
 from .distributed import gather_batch
 from .ot import Method, max_sliced_wasserstein
 
-__all__ = ["MSWRegularizer", "block_io_hooks"]
+__all__ = ["MSWRegularizer", "block_io_hooks", "power_spread"]
+
+SPREAD_KEY = "/spread"  # suffix of the carried principal directions in ``directions``
+
+
+@torch.no_grad()
+def power_spread(X: Tensor, init: Tensor | None = None, n_iters: int = 2) -> tuple[Tensor, Tensor]:
+    """Spread of ``X: (n, d)`` along its principal direction, by power iteration (no gradient).
+
+    Returns ``(sqrt(lambda_max), v)``: ``lambda_max`` the largest eigenvalue of the biased
+    covariance of ``X`` (estimated from below by the Rayleigh quotient at the last iterate
+    ``v: (d,)``, a unit vector, float32). This is the Max-Sliced ``W_2`` between ``X`` and a point
+    mass at its mean, the exact value of which :func:`lacoot.criteria.principal_spread` computes.
+    Without ``init`` the iteration starts at the sample farthest from the mean and runs
+    ``max(n_iters, 20)`` times; with ``init`` (the previous step's ``v``) ``n_iters`` times.
+    """
+    Xc = X.detach().float()
+    Xc = Xc - Xc.mean(dim=0, keepdim=True)
+    if init is None or init.shape != Xc.shape[1:] or init.device != Xc.device:
+        v, n_iters = Xc[Xc.norm(dim=1).argmax()], max(n_iters, 20)
+    else:
+        v = init.float()
+    v = v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
+    for _ in range(n_iters):
+        v = Xc.T @ (Xc @ v)
+        v = v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
+    return (Xc @ v).norm() / Xc.shape[0] ** 0.5, v
 
 
 def block_io_hooks(
@@ -67,6 +93,12 @@ class MSWRegularizer:
         Wasserstein order.
     seed : int, optional
         Seed of the random directions; the step count is added so every step draws new ones.
+    relative : bool
+        Divide each block's distance by the spread of its input along its principal direction
+        (:func:`power_spread`, detached, its direction carried across steps like the ascent's).
+        The ratio is scale-free: the penalty can no longer be lowered by shrinking the features,
+        and one lambda means the same for blocks of any width or scale. It is the training
+        counterpart of the ``msw_rel`` criterion (``MSW(X, Y) / MSW(X, mean(X))``).
     gather : bool
         Under ``torch.distributed`` (DDP), compute each distance on the global batch: the block
         inputs and outputs of every rank are gathered (gradients flowing back to each rank), so
@@ -92,6 +124,7 @@ class MSWRegularizer:
         p: float = 2.0,
         seed: int | None = None,
         gather: bool = False,
+        relative: bool = False,
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam={lam!r} is negative or NaN; expected lam >= 0")
@@ -109,6 +142,7 @@ class MSWRegularizer:
         self.p = p
         self.seed = seed
         self.gather = bool(gather)
+        self.relative = bool(relative)
         self.steps = 0
         self.directions: dict[str, Tensor] = {}
         self.last: dict[str, Tensor] = {}
@@ -176,6 +210,10 @@ class MSWRegularizer:
             if x.shape[0] < 2:
                 continue
             value = self.distance(name, x, y)
+            if self.relative:
+                spread, v = power_spread(x.flatten(1), self.directions.get(name + SPREAD_KEY))
+                self.directions[name + SPREAD_KEY] = v
+                value = value / spread.clamp_min(torch.finfo(spread.dtype).tiny)
             self.last[name] = value.detach()
             values.append(value)
         self.steps += 1
@@ -189,6 +227,7 @@ class MSWRegularizer:
         a batch whose distances were not finite; the next step searches afresh."""
         for name in list(self.directions) if names is None else names:
             self.directions.pop(name, None)
+            self.directions.pop(name + SPREAD_KEY, None)
 
     def distances(self) -> dict[str, float]:
         """Per-block distances of the last :meth:`penalty` call, as floats."""

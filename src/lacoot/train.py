@@ -95,10 +95,22 @@ class TrainConfig:
     nonfinite: str = "stop"  # a non-finite loss: "stop" the run, or "skip" the batch
     global_msw: bool = False  # under DDP: MSW on the global batch (features gathered)
     sync_bn: bool = False  # under DDP: batch statistics over the global batch
+    relative: bool = False  # each MSW divided by its block input's principal spread (scale-free)
+    penalize: tuple[str, ...] = ()  # glob patterns: regularise only the blocks they match
+    target_blocks: int | None = None  # budget: after target_warmup epochs, penalise only K blocks
+    target_macs: float | None = None  # budget: ... only the blocks that bring MACs to this fraction
+    target_warmup: int = 1  # epochs with every block penalised before the targets are chosen
+    target_criterion: str = "msw_rel"  # ranks the blocks when the targets are chosen
 
     def __post_init__(self) -> None:
         self.milestones = tuple(int(m) for m in self.milestones)
+        self.penalize = tuple(str(p) for p in self.penalize)
         self.validate()
+
+    @property
+    def targeted(self) -> bool:
+        """Whether the penalised blocks are chosen by a budget during training."""
+        return self.target_blocks is not None or self.target_macs is not None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range value."""
@@ -135,10 +147,40 @@ class TrainConfig:
                 self.nonfinite in ("stop", "skip"),
                 f"nonfinite={self.nonfinite!r}; expected 'stop' or 'skip'",
             ),
+            (
+                self.target_blocks is None or self.target_macs is None,
+                f"target_blocks={self.target_blocks!r} and target_macs={self.target_macs!r}; "
+                "expected at most one budget",
+            ),
+            (
+                self.target_blocks is None or self.target_blocks >= 1,
+                f"target_blocks={self.target_blocks!r}; expected a count >= 1",
+            ),
+            (
+                self.target_macs is None or 0 < self.target_macs < 1,
+                f"target_macs={self.target_macs!r}; expected a fraction in (0, 1)",
+            ),
+            (
+                isinstance(self.target_warmup, int) and 0 <= self.target_warmup < self.epochs,
+                f"target_warmup={self.target_warmup!r}; expected 0 <= epochs of warm-up < "
+                f"epochs={self.epochs}",
+            ),
+            (
+                not (self.targeted and self.penalize),
+                "penalize and target_blocks/target_macs both choose the penalised blocks; "
+                "expected one of them",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        from .criteria import list_criteria
+
+        if self.target_criterion not in list_criteria():
+            raise ValueError(
+                f"target_criterion={self.target_criterion!r} is not known; expected one of "
+                f"{', '.join(list_criteria())}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -163,6 +205,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["milestones"] = list(self.milestones)
+        d["penalize"] = list(self.penalize)
         return d
 
 
@@ -172,6 +215,7 @@ class TrainResult:
 
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
+    penalized: list[str] = field(default_factory=list)  # blocks regularised at the end
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -398,6 +442,64 @@ def _reduce_sums(sums: dict[str, Any], names: Sequence[str], dev: torch.device) 
     return out
 
 
+def _penalized(blocks: Sequence[Block], cfg: TrainConfig) -> list[str]:
+    """Names of the blocks penalised from the start: all, or those ``cfg.penalize`` matches."""
+    from .blocks import match_name
+
+    names = [b.name for b in blocks]
+    if not cfg.penalize:
+        return names
+    chosen = [n for n in names if any(match_name(n, p) for p in cfg.penalize)]
+    if not chosen:
+        raise ValueError(
+            f"penalize={list(cfg.penalize)} matches none of the blocks {names}; expected glob "
+            "patterns of block names such as 'layer*.2'"
+        )
+    return chosen
+
+
+def _regularizer(model: nn.Module, names: Sequence[str], cfg: TrainConfig) -> MSWRegularizer | None:
+    """The penalty on ``names``; None for vanilla training (no hooks, no per-step cost)."""
+    if not names or cfg.lam <= 0:
+        return None
+    return MSWRegularizer(
+        model,
+        names,
+        lam=cfg.lam,
+        method=cfg.method,
+        n_projections=cfg.n_projections,
+        n_iters=cfg.n_iters,
+        seed=cfg.seed,
+        gather=cfg.global_msw,
+        relative=cfg.relative,
+    )
+
+
+def choose_targets(
+    model: nn.Module, blocks: Sequence[Block], loader: Iterable, cfg: TrainConfig, device: Any
+) -> list[str]:
+    """The blocks ``cfg``'s budget (``target_blocks`` or ``target_macs``) removes first when
+    ranked by ``cfg.target_criterion`` on (at most 8 batches of) ``loader``.
+
+    The random number generators are left as they were, so a run that chooses here and one that
+    resumes with the choice read from its checkpoint go on alike.
+    """
+    from .collapse import choose_blocks
+    from .criteria import score_blocks
+    from .profile import count_macs
+
+    rng = _rng_state()
+    try:
+        scores = score_blocks(
+            model, blocks, loader, criterion=cfg.target_criterion, seed=cfg.seed, max_batches=8
+        )
+        example = next(iter(loader))[0][:1].to(device)
+        full = count_macs(model, example)
+    finally:
+        _set_rng_state(rng)
+    return choose_blocks(blocks, scores, full, n_blocks=cfg.target_blocks, max_macs=cfg.target_macs)
+
+
 def train(
     model: nn.Module,
     blocks: Sequence[Block],
@@ -475,20 +577,8 @@ def train(
     opt = _optimizer(model, cfg)
     sched = _scheduler(opt, cfg, steps_per_epoch)
     use_amp = cfg.amp and dev.type == "cuda"
-    reg = (
-        MSWRegularizer(
-            model,
-            blocks,
-            lam=cfg.lam,
-            method=cfg.method,
-            n_projections=cfg.n_projections,
-            n_iters=cfg.n_iters,
-            seed=cfg.seed,
-            gather=cfg.global_msw,
-        )
-        if blocks and cfg.lam > 0
-        else None  # vanilla training: no penalty, and no per-step distance cost either
-    )
+    targets: list[str] | None = None  # the blocks a budget chose (cfg.targeted), once chosen
+    reg = _regularizer(model, _penalized(blocks, cfg), cfg)
     names = list(reg.names) if reg is not None else []
     history: list[dict[str, Any]] = []
     start_epoch = start_batch = 0
@@ -519,6 +609,12 @@ def train(
         start_batch = min(start_batch, steps_per_epoch)
         saved_world = int(state.get("world_size", 1))
         regs = state["regularizer"]
+        if regs.get("targets") is not None:
+            targets = list(regs["targets"])
+            if reg is not None:
+                reg.close()
+            reg = _regularizer(model, targets, cfg)
+            names = list(reg.names) if reg is not None else []
         if reg is not None:
             reg.steps = int(regs["steps"])
             dirs = regs.get("directions_ranks") if saved_world == where.world_size else None
@@ -557,6 +653,7 @@ def train(
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "regularizer": {
+                        "targets": targets,
                         "steps": reg.steps if reg else 0,
                         "directions": dirs[0],
                         "directions_ranks": dirs,
@@ -592,6 +689,22 @@ def train(
     try:
         with _GracefulStop(announce=main) as stopper:
             for epoch in range(start_epoch, cfg.epochs):
+                if reg is not None and cfg.targeted and targets is None:
+                    if epoch >= cfg.target_warmup:
+                        targets = dist_.broadcast_object(
+                            choose_targets(
+                                model,
+                                blocks,
+                                val_loader if val_loader is not None else train_loader,
+                                cfg,
+                                dev,
+                            )
+                        )
+                        reg.close()
+                        reg = _regularizer(model, targets, cfg)
+                        names = list(reg.names) if reg is not None else []
+                        if main and progress:
+                            print(f"lacoot: penalising only {targets}", file=sys.stderr)
                 net.train()
                 first = epoch == start_epoch
                 skip = start_batch if first else 0
@@ -711,4 +824,4 @@ def train(
             reg.close()
         if board is not None:
             board.close()
-    return TrainResult(history=history, checkpoint=ckpt_path)
+    return TrainResult(history=history, checkpoint=ckpt_path, penalized=names)

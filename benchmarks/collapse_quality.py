@@ -1,0 +1,402 @@
+"""Does a collapsed model keep its accuracy? Penalty variants, orders and repairs, side by side.
+
+Trains, in parallel worker processes (one GPU is shared well by several small trainings):
+
+* screening (``--screen-epochs``, 4 by default): the vanilla model and the penalty variants
+  ``raw``/``rel`` (``MSWRegularizer(relative=...)``) x penalised blocks ``all``/``tgt4`` (a budget:
+  after one warm-up epoch only the 4 blocks ranked cheapest by ``msw_rel`` are penalised) x three
+  lambdas each;
+* the main comparison (``--main-epochs``): the vanilla model, the two screening configurations
+  whose best collapse keeps the highest validation accuracy at 4 removed blocks (chosen when
+  screening ends), the paper-faithful configuration (50 random directions, lambda 5, raw MSW, the
+  last block of each stage), and the shallow networks at ``k`` = 2, 4, 6 trained from scratch
+  with the same schedule (architecture: blocks removed stage by stage from the deepest, see
+  :func:`spread_order`).
+
+Every trained model (except those from scratch) is then collapsed in ``msw``, ``msw_rel``,
+``cosine`` and ``greedy`` order at every depth, unrepaired and with each repair (``bn``,
+``linear``), on the validation split (calibration and choice) and the test split (reported).
+
+Each finished job writes ``WORK/NAME/result.json`` at once and the summary ``OUT.json`` is
+rewritten after every job, so an interrupted run keeps what it finished; a rerun skips finished
+jobs. ``benchmarks/collapse_quality_report.py`` turns ``OUT.json`` into tables, a plot and
+``docs/benchmarks/headline.json``.
+
+    python benchmarks/collapse_quality.py --jobs 8 --device cuda --work runs/cq \\
+        --out docs/benchmarks/collapse_quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lacoot._io import atomic_write_text
+from lacoot.blocks import Block, remove_blocks
+from lacoot.collapse import sweep
+from lacoot.criteria import score_blocks
+from lacoot.ot import max_sliced_wasserstein
+from lacoot.pipeline import (
+    RunConfig,
+    build_model,
+    environment,
+    model_from_checkpoint,
+    prepare_data,
+    run_training,
+)
+from lacoot.profile import count_macs, evaluate_accuracy
+from lacoot.train import load_checkpoint, resolve_device, train
+
+ORDERS = ("msw", "msw_rel", "cosine", "greedy")  # greedy (the costly one) in the main phase only
+REPAIRS = ("bn", "linear")  # each sweep also records the unrepaired figures
+SCREEN_LAMS = {
+    ("raw", "all"): (0.03, 0.1, 0.3),
+    ("rel", "all"): (0.1, 0.3, 1.0),
+    ("raw", "tgt4"): (0.1, 0.3, 1.0),
+    ("rel", "tgt4"): (0.3, 1.0, 3.0),
+}
+SCRATCH_K = (2, 4, 6)
+SELECT_K = 4  # screening configurations are ranked by their best validation accuracy at this k
+
+
+@dataclass
+class Job:
+    name: str
+    phase: str  # "screen" or "main"
+    epochs: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    scratch: list[str] | None = None  # blocks removed before training from scratch
+    config: str = ""  # the configuration's name without its phase
+
+
+# ---------------------------------------------------------------------------------- the plan
+def spread_order(blocks: list[Block]) -> list[str]:
+    """Blocks grouped by feature shape (a stage), groups from the deepest; one block from each
+    group in turn, the deepest remaining first. The removal order of the from-scratch nets."""
+    groups: dict[tuple[int, ...], list[Block]] = {}
+    for b in sorted(blocks, key=lambda b: b.order):
+        groups.setdefault(b.shape, []).append(b)
+    stacks = [sorted(g, key=lambda b: b.order) for g in reversed(list(groups.values()))]
+    order: list[str] = []
+    while any(stacks):
+        for stack in stacks:
+            if stack:
+                order.append(stack.pop().name)
+    return order
+
+
+def screen_overrides(scale: str, which: str, lam: float) -> dict[str, Any]:
+    extra: dict[str, Any] = {"lam": lam, "relative": scale == "rel"}
+    if which == "tgt4":
+        extra |= {"target_blocks": 4, "target_warmup": 1, "target_criterion": "msw_rel"}
+    return extra
+
+
+def screening_jobs(epochs: int) -> list[Job]:
+    jobs = [Job("screen-vanilla", "screen", epochs, {"lam": 0.0}, config="vanilla")]
+    for (scale, which), lams in SCREEN_LAMS.items():
+        for lam in lams:
+            config = f"{scale}-{which}-{lam:g}"
+            jobs.append(
+                Job(f"screen-{config}", "screen", epochs, screen_overrides(scale, which, lam),
+                    config=config)
+            )  # fmt: skip
+    return jobs
+
+
+def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
+    """The main jobs that do not depend on the screening."""
+    order = spread_order(blocks)
+    last_of_stage = order[: len({b.shape for b in blocks})]
+    paper = {"lam": 5.0, "method": "random", "n_projections": 50, "penalize": last_of_stage}
+    jobs = [
+        Job("main-vanilla", "main", epochs, {"lam": 0.0}, config="vanilla"),
+        Job("main-paper", "main", epochs, paper, config="paper"),
+    ]
+    for k in SCRATCH_K:
+        jobs.append(
+            Job(f"main-scratch-k{k}", "main", epochs, {"lam": 0.0}, scratch=order[:k],
+                config=f"scratch-k{k}")
+        )  # fmt: skip
+    return jobs
+
+
+def best_screened(results: dict[str, dict[str, Any]], n: int = 2) -> list[str]:
+    """The ``n`` LaCoOT screening configurations with the highest best validation accuracy at
+    ``SELECT_K`` removed blocks (any order, any repair)."""
+    ranked = []
+    for name, res in results.items():
+        if not name.startswith("screen-") or res.get("config") == "vanilla" or "sweeps" not in res:
+            continue
+        ranked.append((best_val_at(res, SELECT_K), res["config"]))
+    ranked.sort(reverse=True)
+    return [config for _, config in ranked[:n]]
+
+
+def best_val_at(res: dict[str, Any], k: int) -> float:
+    values = []
+    for sw in res["sweeps"].values():
+        pt = sw["points"][k]
+        values += [pt["val_accuracy"], pt["unrepaired"]["val_accuracy"]]
+    return max(values)
+
+
+# ------------------------------------------------------------------------------ one job
+def run_config(args: argparse.Namespace, job: Job) -> RunConfig:
+    values = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "epochs": job.epochs,
+        "schedule": "onecycle",
+        "seed": args.seed,
+        "device": args.device,
+        "out": str(Path(args.work) / job.name),
+        "progress": False,
+        "amp": args.amp,
+        "model_args": dict(args.model_args),
+    }
+    return RunConfig.from_dict(values | job.overrides)
+
+
+def estimator_ratio(model: torch.nn.Module, blocks: list[Block], loader: Any) -> dict[str, Any]:
+    """Ascent MSW over the 50-random-direction estimate per block, on the first val batch: how
+    lambda converts between the two estimators."""
+    values: dict[str, dict[str, float]] = {}
+
+    def on_block(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        X, Y = x.flatten(1).float(), y.flatten(1).float()
+        asc = float(max_sliced_wasserstein(X, Y, method="ascent", seed=0))
+        rnd = float(max_sliced_wasserstein(X, Y, method="random", n_projections=50, seed=0))
+        values[name] = {"ascent": asc, "random50": rnd, "ratio": asc / max(rnd, 1e-30)}
+
+    from lacoot.regularizer import block_io_hooks
+
+    handles = block_io_hooks(model, [b.name for b in blocks], on_block)
+    try:
+        with torch.no_grad():
+            model.eval()
+            x, _ = next(iter(loader))
+            model(x[:256])
+    finally:
+        for h in handles:
+            h.remove()
+    return values
+
+
+def evaluate_collapses(
+    ckpt: Path, device: torch.device, calib: int, seed: int, orders: tuple[str, ...] = ORDERS
+) -> dict[str, Any]:
+    state = load_checkpoint(ckpt, map_location=device)
+    model, blocks, spec = model_from_checkpoint(state, ckpt, device)
+    data = prepare_data(spec, device, seed=seed)
+    sweeps: dict[str, Any] = {}
+    scores: dict[str, Any] = {}
+    for order in orders:
+        t0 = time.perf_counter()
+        scores[order] = score_blocks(
+            model, blocks, data.val, criterion=order, seed=seed, repair="bn", calib_samples=calib
+        )
+        for repair in REPAIRS:
+            sw = sweep(
+                model, blocks, scores[order], data.val, data.test, latency_batch_sizes=(),
+                repair=repair, calib_loader=data.val, calib_samples=calib,
+            )  # fmt: skip
+            sweeps[f"{order}/{repair}"] = sw.to_dict()
+        print(
+            f"  {ckpt.parent.name}: {order} swept in {time.perf_counter() - t0:.1f} s", flush=True
+        )
+    example = next(iter(data.val))[0][:1].to(device)
+    return {
+        "blocks": [b.to_dict() for b in blocks],
+        "full_macs": count_macs(model, example),
+        "targets": state["regularizer"].get("targets"),
+        "history": state["history"],
+        "train_config": state["train_config"],
+        "scores": scores,
+        "sweeps": sweeps,
+        "estimators": estimator_ratio(model, blocks, data.val),
+    }
+
+
+def train_scratch(cfg: RunConfig, removed: list[str]) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    data = prepare_data(cfg.data_spec(), device, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    spec = {"name": cfg.model, "num_classes": data.num_classes,
+            "in_channels": data.image_shape[0], "kwargs": dict(cfg.model_args)}  # fmt: skip
+    model = remove_blocks(build_model(spec), removed).to(device)
+    result = train(model, [], data.train, data.val, cfg.train_config(), out_dir=cfg.out,
+                   device=device, progress=False)  # fmt: skip
+    example = next(iter(data.val))[0][:1].to(device)
+    return {
+        "removed": removed,
+        "history": result.history,
+        "val_accuracy": evaluate_accuracy(model, data.val),
+        "test_accuracy": evaluate_accuracy(model, data.test),
+        "macs": count_macs(model, example),
+    }
+
+
+def run_job(args: argparse.Namespace, job: Job) -> dict[str, Any]:
+    """Train (or reuse) and evaluate one job; returns its result, also written to disk."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.work) / job.name
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    cfg = run_config(args, job)
+    try:
+        if job.scratch is not None:
+            res = train_scratch(cfg, job.scratch)
+        else:
+            ckpt, _ = run_training(cfg, overwrite=True)
+            train_s = time.perf_counter() - t0
+            orders = ORDERS if job.phase == "main" else ORDERS[:-1]
+            res = evaluate_collapses(
+                ckpt, resolve_device(cfg.device), args.calib, args.seed, orders
+            )
+            res["train_seconds"] = train_s
+    except Exception:
+        if args.amp and job.overrides.get("amp") is not False:  # once more without autocast
+            print(f"{job.name} failed:\n{traceback.format_exc()}retrying without amp", flush=True)
+            return run_job(
+                args,
+                Job(
+                    job.name,
+                    job.phase,
+                    job.epochs,
+                    job.overrides | {"amp": False},
+                    job.scratch,
+                    job.config,
+                ),
+            )
+        return {"name": job.name, "error": traceback.format_exc()}
+    res |= {"name": job.name, "config": job.config, "phase": job.phase, "epochs": job.epochs,
+            "overrides": job.overrides, "seconds": time.perf_counter() - t0}  # fmt: skip
+    atomic_write_text(done, json.dumps(res, indent=1))
+    return res
+
+
+# ------------------------------------------------------------------------------- the driver
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--model-args", type=json.loads, default={}, help="JSON constructor args")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--screen-epochs", type=int, default=4)
+    p.add_argument("--main-epochs", type=int, default=15)
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--calib", type=int, default=2048, help="calibration images of a repair")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", nargs="*", default=None, help="run only these job names")
+    p.add_argument("--deadline", type=float, default=None, help="seconds: start no job after")
+    p.add_argument("--work", default="runs/collapse_quality")
+    p.add_argument("--out", default="docs/benchmarks/collapse_quality", help="output stem")
+    p.add_argument("--pack", default=None, help="folder for the packed weights at the end")
+    args = p.parse_args(argv)
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    return args
+
+
+def write_summary(args: argparse.Namespace, results: dict[str, Any], started: str) -> None:
+    summary = {
+        "command": " ".join(["python", *sys.argv]),
+        "started": started,
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "seed": args.seed,
+        "environment": environment(resolve_device(args.device)),
+        "loadavg_start": getattr(args, "load", None),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("only",)},
+        "results": results,
+    }
+    path = Path(args.out + ".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(summary, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.load = os.getloadavg()[0]
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    t_start = time.perf_counter()
+    spec = {"name": args.model, "num_classes": 10, "in_channels": 1, "kwargs": args.model_args}
+    from lacoot.blocks import find_blocks
+
+    probe = build_model(spec)
+    blocks = find_blocks(probe, torch.zeros(2, 1, 28, 28))
+    queue = main_jobs(args.main_epochs, blocks) + screening_jobs(args.screen_epochs)
+    if args.only is not None:
+        queue = [j for j in queue if j.name in args.only]
+    results: dict[str, Any] = {}
+    waiting_for_screen = args.only is None
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+        running: dict[Future, Job] = {}
+        while queue or running or waiting_for_screen:
+            late = args.deadline is not None and time.perf_counter() - t_start > args.deadline
+            while queue and len(running) < args.jobs and not late:
+                job = queue.pop(0)
+                running[pool.submit(run_job, args, job)] = job
+            if not running:
+                if late or not waiting_for_screen:
+                    break
+            finished, _ = wait(list(running), timeout=30, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = running.pop(fut)
+                res = fut.result()
+                results[job.name] = res
+                status = "FAILED\n" + res["error"] if "error" in res else "done"
+                print(f"[{time.perf_counter() - t_start:6.0f} s] {job.name}: {status}", flush=True)
+                write_summary(args, results, started)
+            screening_over = not any(j.phase == "screen" for j in [*queue, *running.values()])
+            if waiting_for_screen and screening_over:
+                waiting_for_screen = False
+                for config in best_screened(results):
+                    over = next(
+                        r["overrides"] for r in results.values() if r.get("config") == config
+                    )
+                    queue.insert(0, Job(f"main-{config}", "main", args.main_epochs, over,
+                                        config=config))  # fmt: skip
+                print(f"best screened: {best_screened(results)}", flush=True)
+    write_summary(args, results, started)
+    if args.pack:
+        pack_weights(Path(args.work), Path(args.pack))
+    return 0
+
+
+def pack_weights(work: Path, dest: Path) -> None:
+    """The trained weights and what rebuilds their models, one file per phase (checkpoints
+    without optimiser state), for evaluating again elsewhere."""
+    keep = ("format", "model", "model_spec", "data_spec", "image_shape", "train_config", "history")
+    dest.mkdir(parents=True, exist_ok=True)
+    for phase in ("screen", "main"):
+        slim = {}
+        for ckpt in sorted(work.glob(f"{phase}-*/checkpoint.pt")):
+            state = load_checkpoint(ckpt)
+            if "model_spec" in state:
+                slim[ckpt.parent.name] = {k: state[k] for k in keep} | {
+                    "regularizer": {"targets": state["regularizer"].get("targets")}
+                }
+        torch.save(slim, dest / f"weights_{phase}.pt")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
