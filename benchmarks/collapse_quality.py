@@ -124,6 +124,14 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
         Job("main-vanilla", "main", epochs, {"lam": 0.0}, config="vanilla"),
         Job("main-paper", "main", epochs, paper, config="paper"),
     ]
+    spread4 = {"method": "random", "n_projections": 50, "penalize": order[:SELECT_K]}
+    budget4 = {"method": "random", "n_projections": 50, "target_blocks": SELECT_K,
+               "target_warmup": 1, "target_criterion": "msw_rel"}  # fmt: skip
+    jobs += [
+        Job("main-spread4-rnd5", "main", epochs, spread4 | {"lam": 5.0}, config="spread4-rnd5"),
+        Job("main-spread4-rnd1", "main", epochs, spread4 | {"lam": 1.0}, config="spread4-rnd1"),
+        Job("main-budget4-rnd5", "main", epochs, budget4 | {"lam": 5.0}, config="budget4-rnd5"),
+    ]
     for k in SCRATCH_K:
         jobs.append(
             Job(f"main-scratch-k{k}", "main", epochs, {"lam": 0.0}, scratch=order[:k],
@@ -262,8 +270,12 @@ def run_job(args: argparse.Namespace, job: Job) -> dict[str, Any]:
         if job.scratch is not None:
             res = train_scratch(cfg, job.scratch)
         else:
-            ckpt, _ = run_training(cfg, overwrite=True)
+            ckpt = out / "checkpoint.pt"
+            if not (ckpt.is_file() and len(load_checkpoint(ckpt)["history"]) == job.epochs):
+                ckpt, _ = run_training(cfg, overwrite=True)
             train_s = time.perf_counter() - t0
+            if args.no_eval:
+                return {"name": job.name, "trained_only": True, "seconds": train_s}
             orders = ORDERS if job.phase == "main" else ORDERS[:-1]
             res = evaluate_collapses(
                 ckpt, resolve_device(cfg.device), args.calib, args.seed, orders
@@ -310,6 +322,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default="runs/collapse_quality")
     p.add_argument("--out", default="docs/benchmarks/collapse_quality", help="output stem")
     p.add_argument("--pack", default=None, help="folder for the packed weights at the end")
+    p.add_argument("--no-eval", action="store_true", help="train only (evaluate in a later run)")
+    p.add_argument("--unpack", nargs="*", default=[], help="packed weights to start from")
     args = p.parse_args(argv)
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -345,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     queue = main_jobs(args.main_epochs, blocks) + screening_jobs(args.screen_epochs)
     if args.only is not None:
         queue = [j for j in queue if j.name in args.only]
+    for packed in args.unpack:  # trained elsewhere: evaluate here
+        for name, state in torch.load(packed, weights_only=True).items():
+            (Path(args.work) / name).mkdir(parents=True, exist_ok=True)
+            torch.save(state, Path(args.work) / name / "checkpoint.pt")
     results: dict[str, Any] = {}
     waiting_for_screen = args.only is None
     ctx = mp.get_context("spawn")

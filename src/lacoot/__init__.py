@@ -8,32 +8,38 @@ ones without fine-tuning.
 __version__ = "0.1.0"
 
 from .blocks import Block, BlockDiscoveryError, find_blocks, identity_blocks, remove_blocks
-from .collapse import Sweep, SweepPoint, collapse, removal_order, sweep
+from .collapse import Sweep, SweepPoint, choose_blocks, collapse, removal_order, sweep
 from .criteria import list_criteria, register_criterion, score_blocks
 from .export import load, save_model
 from .ot import max_sliced_wasserstein, sliced_wasserstein, wasserstein_1d
 from .profile import count_macs, count_params, evaluate_accuracy, measure_latency
 from .regularizer import MSWRegularizer
+from .repair import REPAIRS, LinearPatch, linear_patch, recalibrate_bn
 from .train import TrainConfig, train
 
 __all__ = [
     "__version__",
     "Block",
     "BlockDiscoveryError",
+    "LinearPatch",
     "MSWRegularizer",
+    "REPAIRS",
     "Sweep",
     "SweepPoint",
     "TrainConfig",
+    "choose_blocks",
     "collapse",
     "count_macs",
     "count_params",
     "evaluate_accuracy",
     "find_blocks",
     "identity_blocks",
+    "linear_patch",
     "list_criteria",
     "load",
     "max_sliced_wasserstein",
     "measure_latency",
+    "recalibrate_bn",
     "register_criterion",
     "removal_order",
     "remove_blocks",

@@ -166,6 +166,8 @@ register_criterion(
         batch_score=lambda X, Y, seed: (_angle(X, Y) / math.pi).mean(),
     )
 )
+
+
 def _greedy(
     model: nn.Module, blocks: Sequence[Block], loader: Iterable, repair: str, calib_samples: int
 ) -> dict[str, float]:

@@ -34,7 +34,16 @@ def save_model(
     removed: Sequence[str],
 ) -> None:
     """Write a collapsed zoo model: ``spec`` (``name``, ``num_classes``, ``in_channels``,
-    ``kwargs``), the removed block names (original numbering) and the weights."""
+    ``kwargs``), the removed block names (original numbering) and the weights. Removed blocks
+    that a :class:`lacoot.repair.LinearPatch` stands in for (``repair="linear"``) are recorded
+    with their patch's shape, so :func:`load` rebuilds them."""
+    from .repair import LinearPatch
+
+    patched = {
+        name: {"channels": m.channels, "conv": m.conv}
+        for name, m in model.named_modules()
+        if isinstance(m, LinearPatch)
+    }
     buffer = io.BytesIO()
     torch.save(
         {
@@ -43,6 +52,7 @@ def save_model(
             "lacoot_version": __version__,
             "model_spec": spec,
             "removed": list(removed),
+            "patched": patched,
             "state_dict": model.state_dict(),
         },
         buffer,
@@ -57,6 +67,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     weights do not fit its specification.
     """
     from .models import create
+    from .repair import LinearPatch
 
     path = Path(path)
     if not path.is_file():
@@ -75,7 +86,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
         in_channels=spec["in_channels"],
         **spec.get("kwargs", {}),
     )
-    model = remove_blocks(model, state["removed"])
+    patched = state.get("patched", {})
+    for name, shape in patched.items():  # in place, before any deletion renumbers a container
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, LinearPatch(shape["channels"], shape["conv"]))
+    model = remove_blocks(model, [n for n in state["removed"] if n not in patched])
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as exc:

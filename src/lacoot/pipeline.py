@@ -23,7 +23,7 @@ from torch import nn
 
 from . import __version__
 from ._io import atomic_write_text
-from .blocks import Block, find_blocks, remove_blocks
+from .blocks import Block, find_blocks
 from .collapse import Sweep, SweepPoint, sweep
 from .criteria import list_criteria, score_blocks
 from .distributed import barrier, env_rank, init_from_env, shutdown
@@ -93,6 +93,8 @@ class RunConfig:
     max_drop: float | None = None  # points of validation accuracy; 1.0 if no budget is given
     max_macs: float | None = None  # fraction of the full model's MACs
     blocks: int | None = None  # remove exactly this many blocks
+    repair: str = "linear"  # measured: docs/benchmarks/collapse_quality.md
+    calib_samples: int = 2048  # calibration images of each repair
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 128])
     latency_repeats: int = 10
     progress: bool = True
@@ -126,6 +128,12 @@ class RunConfig:
             raise ValueError(f"max_macs={self.max_macs!r}; expected a fraction in (0, 1]")
         if self.blocks is not None and self.blocks < 0:
             raise ValueError(f"blocks={self.blocks!r}; expected a count >= 0")
+        from .repair import REPAIRS
+
+        if self.repair not in REPAIRS:
+            raise ValueError(f"repair={self.repair!r}; expected one of {', '.join(REPAIRS)}")
+        if not (isinstance(self.calib_samples, int) and self.calib_samples >= 1):
+            raise ValueError(f"calib_samples={self.calib_samples!r}; expected an integer >= 1")
         if any(b < 1 for b in self.latency_batch_sizes):
             raise ValueError(f"latency_batch_sizes={self.latency_batch_sizes}; expected >= 1")
         self.train_config()  # validates the training options
@@ -406,14 +414,20 @@ def run_collapse(
     latency_batch_sizes: Sequence[int] = (1, 128),
     latency_repeats: int = 10,
     overwrite: bool = False,
+    repair: str = "linear",
+    calib_samples: int = 2048,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Sweep k = 0..K removed blocks for each criterion, choose within the budget, write a report.
 
-    Writes ``report.json``, ``report.md`` and ``accuracy_vs_macs.png`` (when matplotlib is
-    installed) into ``out`` and the chosen shallow model as ``shallow.pt``; returns the report.
-    An earlier report in ``out`` is an error unless ``overwrite``.
+    Every collapse is repaired with ``repair`` (:func:`lacoot.repair.repair`, ``calib_samples``
+    images of the validation split) and measured with and without it. Writes ``report.json``,
+    ``report.md`` and ``accuracy_vs_macs.png`` (when matplotlib is installed) into ``out`` and the
+    chosen shallow (repaired) model as ``shallow.pt``; returns the report. An earlier report in
+    ``out`` is an error unless ``overwrite``. ``progress`` prints each phase to stderr.
     """
     from .export import save_model
+    from .repair import repair as repair_model
     from .report import write_report
 
     if max_drop is None and max_macs is None and blocks is None:
@@ -436,9 +450,15 @@ def run_collapse(
     example = _example(state["image_shape"], dev, batch=1)
     sweeps: dict[str, Sweep] = {}
     scores: dict[str, dict[str, float]] = {}
+    say = _announcer(progress)
     for name in [criterion, *[c for c in compare if c != criterion]]:
-        scores[name] = score_blocks(model, found, calib, criterion=name, seed=seed)
+        say(f"scoring {len(found)} blocks by {name!r}")
+        scores[name] = score_blocks(
+            model, found, calib, criterion=name, seed=seed, repair=repair,
+            calib_samples=calib_samples,
+        )  # fmt: skip
         timed = name == criterion  # latency only for the chosen order: it is the same per depth
+        say(f"sweeping {name!r} order with repair {repair!r}" + (" and latency" if timed else ""))
         sweeps[name] = sweep(
             model,
             found,
@@ -448,6 +468,9 @@ def run_collapse(
             example_input=example,
             latency_batch_sizes=latency_batch_sizes if timed else (),
             repeats=latency_repeats,
+            repair=repair,
+            calib_samples=calib_samples,
+            progress=lambda msg, name=name: say(f"  {name}: {msg}"),
         )
     chosen: SweepPoint = (
         sweeps[criterion].points[blocks]
@@ -456,7 +479,9 @@ def run_collapse(
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shallow = remove_blocks(model, chosen.removed)
+    shallow = (
+        repair_model(model, chosen.removed, calib, repair, calib_samples) if chosen.k else model
+    )
     save_model(out / "shallow.pt", shallow, state["model_spec"], list(chosen.removed))
     report = {
         "environment": environment(dev),
@@ -469,6 +494,8 @@ def run_collapse(
         "blocks": [b.to_dict() for b in found],
         "criterion": criterion,
         "budget": {"max_drop": max_drop, "max_macs": max_macs, "blocks": blocks},
+        "repair": {"method": repair, "calib_samples": calib_samples if repair != "none" else 0},
+        "penalized": (state.get("regularizer") or {}).get("targets"),
         "full_macs": count_macs(model, example),
         "scores": scores,
         "sweeps": {k: s.to_dict() for k, s in sweeps.items()},
@@ -476,6 +503,18 @@ def run_collapse(
     }
     write_report(out, report)
     return report
+
+
+def _announcer(enabled: bool) -> Any:
+    """``say(message)``: a timestamped line on stderr, or nothing."""
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if enabled:
+            print(f"lacoot [{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+
+    return say
 
 
 def run_all(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any] | None:
@@ -501,4 +540,7 @@ def run_all(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> di
         latency_batch_sizes=cfg.latency_batch_sizes,
         latency_repeats=cfg.latency_repeats,
         overwrite=overwrite or resume,  # a fresh run's folder was checked to be empty
+        repair=cfg.repair,
+        calib_samples=cfg.calib_samples,
+        progress=cfg.progress,
     )

@@ -200,6 +200,7 @@ class LinearPatch(nn.Module):
 
     def __init__(self, channels: int, conv: bool = False) -> None:
         super().__init__()
+        self.channels, self.conv = int(channels), bool(conv)
         self.map: nn.Module = (
             nn.Conv2d(channels, channels, 1) if conv else nn.Linear(channels, channels)
         )

@@ -48,6 +48,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- training: {tc['epochs']} epochs, lambda = {tc['lam']}, {tc['optimizer']} "
             f"lr {tc['lr']} ({tc['schedule']}), MSW estimator `{tc['method']}`"
         )
+    rep = report.get("repair") or {"method": "none", "calib_samples": 0}
+    out.append(
+        f"- repair: `{rep['method']}`"
+        + (
+            f", {rep['calib_samples']} calibration images of the validation split, no gradient "
+            "step; accuracies are of the repaired model, the unrepaired ones beside them"
+            if rep["method"] != "none"
+            else " (none)"
+        )
+    )
+    if report.get("penalized"):
+        out.append(f"- penalised during training: {', '.join(report['penalized'])}")
     budget = ", ".join(f"{k} = {v}" for k, v in report["budget"].items() if v is not None)
     latencies = sorted(full["latency_ms"], key=int)
     out += [
@@ -67,7 +79,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ". Validation accuracy chose it; test accuracy is reported.\n",
         f"## Sweep (`{crit}` order)\n",
     ]
-    headers = ["k", "removed", "val acc %", "test acc %", "MACs (M)", "MACs %", "params (M)"]
+    headers = ["k", "removed", "val acc %", "test acc %", "unrepaired val / test %", "MACs (M)"]
+    headers += ["MACs %", "params (M)"]
     headers += [f"latency b={b} (ms)" for b in latencies]
     rows = []
     for p in points:
@@ -76,6 +89,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             p["removed"][-1] if p["removed"] else "-",
             _fmt(p["val_accuracy"]),
             _fmt(p["test_accuracy"]),
+            f"{_fmt(p['unrepaired'].get('val_accuracy'))} / "
+            f"{_fmt(p['unrepaired'].get('test_accuracy'))}",
             f"{p['macs'] / 1e6:.2f}",
             f"{p['macs'] / full['macs']:.1%}",
             f"{p['params'] / 1e6:.3f}",

@@ -161,7 +161,9 @@ class TrainConfig:
                 f"target_macs={self.target_macs!r}; expected a fraction in (0, 1)",
             ),
             (
-                isinstance(self.target_warmup, int) and 0 <= self.target_warmup < self.epochs,
+                isinstance(self.target_warmup, int)
+                and 0 <= self.target_warmup
+                and (self.target_warmup < self.epochs or not self.targeted),
                 f"target_warmup={self.target_warmup!r}; expected 0 <= epochs of warm-up < "
                 f"epochs={self.epochs}",
             ),
