@@ -131,6 +131,7 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
         Job("main-spread4-rnd5", "main", epochs, spread4 | {"lam": 5.0}, config="spread4-rnd5"),
         Job("main-spread4-rnd1", "main", epochs, spread4 | {"lam": 1.0}, config="spread4-rnd1"),
         Job("main-budget4-rnd5", "main", epochs, budget4 | {"lam": 5.0}, config="budget4-rnd5"),
+        Job("main-budget4-rnd1", "main", epochs, budget4 | {"lam": 1.0}, config="budget4-rnd1"),
     ]
     for k in SCRATCH_K:
         jobs.append(
@@ -277,6 +278,7 @@ def run_job(args: argparse.Namespace, job: Job) -> dict[str, Any]:
             if args.no_eval:
                 return {"name": job.name, "trained_only": True, "seconds": train_s}
             orders = ORDERS if job.phase == "main" else ORDERS[:-1]
+            orders = tuple(o for o in orders if args.orders is None or o in args.orders)
             res = evaluate_collapses(
                 ckpt, resolve_device(cfg.device), args.calib, args.seed, orders
             )
@@ -322,6 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default="runs/collapse_quality")
     p.add_argument("--out", default="docs/benchmarks/collapse_quality", help="output stem")
     p.add_argument("--pack", default=None, help="folder for the packed weights at the end")
+    p.add_argument("--orders", nargs="+", default=None, help=f"a subset of {ORDERS}")
     p.add_argument("--no-eval", action="store_true", help="train only (evaluate in a later run)")
     p.add_argument("--unpack", nargs="*", default=[], help="packed weights to start from")
     args = p.parse_args(argv)

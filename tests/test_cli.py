@@ -222,6 +222,30 @@ def test_sigint_checkpoints_exits_130_and_resumes(work: Path, uninterrupted) -> 
     _assert_same_weights(uninterrupted, load_checkpoint(work / "sigint" / "checkpoint.pt")["model"])
 
 
+def test_penalty_flags_reach_the_regulariser(work: Path) -> None:
+    lacoot_cmd(
+        "train", "--epochs", "2", "--out", "tgt", "--relative", "--target-blocks", "2",
+        "--target-warmup", "1", "--method", "random", "--lam", "2", *TINY[:3], "--no-progress",
+        *NARROW, cwd=work,
+    )  # fmt: skip
+    state = load_checkpoint(work / "tgt" / "checkpoint.pt")
+    tc = state["train_config"]
+    assert tc["relative"] is True and tc["target_blocks"] == 2 and tc["method"] == "random"
+    targets = state["regularizer"]["targets"]
+    assert len(targets) == 2
+    assert sorted(k for k in state["history"][-1] if k.startswith("msw/")) == sorted(
+        f"msw/{t}" for t in targets
+    )
+    lacoot_cmd(
+        "train", "--epochs", "1", "--out", "pat", "--penalize", "layer1.*", *TINY[:3],
+        "--no-progress", *NARROW, cwd=work,
+    )  # fmt: skip
+    row = load_checkpoint(work / "pat" / "checkpoint.pt")["history"][-1]
+    assert sorted(k for k in row if k.startswith("msw/")) == [
+        "msw/layer1.0", "msw/layer1.1", "msw/layer1.2"
+    ]  # fmt: skip
+
+
 def test_config_file_and_flags(work: Path) -> None:
     (work / "cfg.yaml").write_text("epochs: 1\nlam: 0.5\nbatch-size: 32\nprogress: false\n")
     lacoot_cmd(

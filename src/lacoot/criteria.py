@@ -45,8 +45,11 @@ __all__ = [
 
 BatchScore = Callable[[Tensor, Tensor, int], Tensor]
 StaticScore = Callable[[Sequence[Block], int], dict[str, float]]
-# (model, blocks, calibration loader, repair, calibration samples) -> scores
-ModelScore = Callable[[nn.Module, Sequence[Block], Iterable, str, int], dict[str, float]]
+# (model, blocks, calibration loader, repair, calibration samples, progress) -> scores
+ModelScore = Callable[
+    [nn.Module, Sequence[Block], Iterable, str, int, Callable[[str], None] | None],
+    dict[str, float],
+]
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,12 @@ register_criterion(
 
 
 def _greedy(
-    model: nn.Module, blocks: Sequence[Block], loader: Iterable, repair: str, calib_samples: int
+    model: nn.Module,
+    blocks: Sequence[Block],
+    loader: Iterable,
+    repair: str,
+    calib_samples: int,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     from .profile import evaluate_accuracy
     from .repair import repair as repair_model
@@ -186,6 +194,8 @@ def _greedy(
         best = max(remaining, key=lambda b: accuracy[b.name])
         removed.append(best.name)
         remaining.remove(best)
+        if progress is not None:
+            progress(f"greedy step {len(removed)}: {best.name} ({accuracy[best.name]:.2f}%)")
     removed += [b.name for b in remaining]
     return {name: float(i) for i, name in enumerate(removed)}
 
@@ -211,6 +221,7 @@ def score_blocks(
     max_batches: int | None = None,
     repair: str = "bn",
     calib_samples: int = 2048,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Score every block; lower scores are removed first.
 
@@ -234,6 +245,8 @@ def score_blocks(
         For criteria that run collapsed models (``greedy``): the repair of every candidate
         collapse (:func:`lacoot.repair.repair`) and its calibration images. The candidates are
         evaluated on the whole of ``loader``.
+    progress : callable, optional
+        Called with a short message after each step of a criterion that runs models.
 
     Returns
     -------
@@ -253,7 +266,7 @@ def score_blocks(
 
         if repair not in REPAIRS:
             raise ValueError(f"repair={repair!r} is not known; expected one of {REPAIRS}")
-        return crit.model_score(model, blocks, loader, repair, calib_samples)
+        return crit.model_score(model, blocks, loader, repair, calib_samples, progress)
     assert crit.batch_score is not None
     batch_score = crit.batch_score
     sums = {b.name: 0.0 for b in blocks}

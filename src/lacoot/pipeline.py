@@ -455,7 +455,7 @@ def run_collapse(
         say(f"scoring {len(found)} blocks by {name!r}")
         scores[name] = score_blocks(
             model, found, calib, criterion=name, seed=seed, repair=repair,
-            calib_samples=calib_samples,
+            calib_samples=calib_samples, progress=lambda msg: say(f"  {msg}"),
         )  # fmt: skip
         timed = name == criterion  # latency only for the chosen order: it is the same per depth
         say(f"sweeping {name!r} order with repair {repair!r}" + (" and latency" if timed else ""))
