@@ -9,9 +9,14 @@ Trains, in parallel worker processes (one GPU is shared well by several small tr
 * the main comparison (``--main-epochs``): the vanilla model, the two screening configurations
   whose best collapse keeps the highest validation accuracy at 4 removed blocks (chosen when
   screening ends), the paper-faithful configuration (50 random directions, lambda 5, raw MSW, the
-  last block of each stage), and the shallow networks at ``k`` = 2, 4, 6 trained from scratch
-  with the same schedule (architecture: blocks removed stage by stage from the deepest, see
+  last block of each stage), penalties aimed at 4 blocks (``spread4-*``: the 4 blocks the
+  from-scratch net of ``k = 4`` lacks, by name; ``budget4-*``: a 4-block budget chosen after a
+  warm-up epoch), and the shallow networks at ``k`` = 2, 4, 6 trained from scratch with the same
+  schedule (architecture: blocks removed stage by stage from the deepest, see
   :func:`spread_order`).
+
+Select jobs with ``--only``; ``--no-eval`` trains only and ``--pack DIR`` writes the trained
+weights (two files) so that ``--unpack`` evaluates them on another machine.
 
 Every trained model (except those from scratch) is then collapsed in ``msw``, ``msw_rel``,
 ``cosine`` and ``greedy`` order at every depth, unrepaired and with each repair (``bn``,

@@ -52,7 +52,8 @@ _HELP = {
     "relative": "divide each block's MSW by its input's principal spread (scale-free penalty)",
     "penalize": "glob patterns of the blocks to penalise, e.g. 'layer*.2' (default: all blocks)",
     "target_blocks": "penalise only the K blocks ranked cheapest to remove after the warm-up",
-    "target_macs": "penalise only the blocks whose removal brings the MACs to this fraction",
+    "target_macs": "penalise only the blocks whose removal brings the MACs to this fraction "
+    "(1: no budget, every block penalised; yields to --penalize and --target-blocks)",
     "target_warmup": "epochs with every block penalised before target blocks are chosen",
     "target_criterion": "criterion that ranks the blocks when the targets are chosen",
     "criterion": "block order: msw, msw_rel, cosine, angular, random or depth",

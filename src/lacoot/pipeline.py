@@ -46,6 +46,7 @@ __all__ = [
 
 COLLAPSE_OUTPUTS = ("report.json", "report.md", "accuracy_vs_macs.png", "shallow.pt")
 DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
+DEFAULT_TARGET_MACS = 0.55  # penalise the blocks whose removal brings the MACs to 55%
 
 
 @dataclass
@@ -64,7 +65,7 @@ class RunConfig:
     out: str = "runs/lacoot"
     # training (see TrainConfig)
     epochs: int = 4
-    lam: float = 0.1  # measured: docs/benchmarks/lambda_choice.md
+    lam: float = 1.0  # measured (random, 4 targets): docs/benchmarks/collapse_quality.md
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
@@ -75,7 +76,7 @@ class RunConfig:
     gamma: float = 0.1
     seed: int = 0
     amp: bool = True
-    method: str = "ascent"
+    method: str = "random"  # 50 random directions, as the paper: 3x cheaper than ascent on a GPU
     n_projections: int = 50
     n_iters: int = 2
     nonfinite: str = "stop"
@@ -84,12 +85,12 @@ class RunConfig:
     relative: bool = False
     penalize: list[str] = field(default_factory=list)
     target_blocks: int | None = None
-    target_macs: float | None = None
+    target_macs: float | None = DEFAULT_TARGET_MACS  # 1: no budget, every block penalised
     target_warmup: int = 1
     target_criterion: str = "msw_rel"
     # scoring and collapse
-    criterion: str = "msw"
-    compare: list[str] = field(default_factory=lambda: ["cosine", "random", "depth"])
+    criterion: str = "greedy"  # measured: docs/benchmarks/collapse_quality.md
+    compare: list[str] = field(default_factory=lambda: ["msw", "cosine"])
     max_drop: float | None = None  # points of validation accuracy; 1.0 if no budget is given
     max_macs: float | None = None  # fraction of the full model's MACs
     blocks: int | None = None  # remove exactly this many blocks
@@ -100,6 +101,10 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if (self.penalize or self.target_blocks is not None) and (
+            self.target_macs == DEFAULT_TARGET_MACS
+        ):  # the default budget yields to the blocks the user names or counts
+            self.target_macs = None
         self.validate()
 
     def validate(self) -> None:

@@ -98,7 +98,8 @@ class TrainConfig:
     relative: bool = False  # each MSW divided by its block input's principal spread (scale-free)
     penalize: tuple[str, ...] = ()  # glob patterns: regularise only the blocks they match
     target_blocks: int | None = None  # budget: after target_warmup epochs, penalise only K blocks
-    target_macs: float | None = None  # budget: ... only the blocks that bring MACs to this fraction
+    target_macs: float | None = None  # budget: ... only the blocks that bring MACs to this
+    # fraction (1 or None: no budget)
     target_warmup: int = 1  # epochs with every block penalised before the targets are chosen
     # (at most epochs - 1: the targets are penalised during the last epoch at least)
     target_criterion: str = "msw_rel"  # ranks the blocks when the targets are chosen
@@ -111,7 +112,9 @@ class TrainConfig:
     @property
     def targeted(self) -> bool:
         """Whether the penalised blocks are chosen by a budget during training."""
-        return self.target_blocks is not None or self.target_macs is not None
+        return self.target_blocks is not None or (
+            self.target_macs is not None and self.target_macs < 1
+        )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range value."""
@@ -149,7 +152,7 @@ class TrainConfig:
                 f"nonfinite={self.nonfinite!r}; expected 'stop' or 'skip'",
             ),
             (
-                self.target_blocks is None or self.target_macs is None,
+                self.target_blocks is None or not self.target_macs or self.target_macs >= 1,
                 f"target_blocks={self.target_blocks!r} and target_macs={self.target_macs!r}; "
                 "expected at most one budget",
             ),
@@ -158,15 +161,15 @@ class TrainConfig:
                 f"target_blocks={self.target_blocks!r}; expected a count >= 1",
             ),
             (
-                self.target_macs is None or 0 < self.target_macs < 1,
-                f"target_macs={self.target_macs!r}; expected a fraction in (0, 1)",
+                self.target_macs is None or 0 < self.target_macs <= 1,
+                f"target_macs={self.target_macs!r}; expected a fraction in (0, 1] (1: no budget)",
             ),
             (
                 isinstance(self.target_warmup, int) and 0 <= self.target_warmup,
                 f"target_warmup={self.target_warmup!r}; expected an integer >= 0 (epochs)",
             ),
             (
-                not (self.targeted and self.penalize),
+                not (self.targeted and self.penalize),  # penalize with target_macs=1 is fine
                 "penalize and target_blocks/target_macs both choose the penalised blocks; "
                 "expected one of them",
             ),
@@ -497,7 +500,9 @@ def choose_targets(
         full = count_macs(model, example)
     finally:
         _set_rng_state(rng)
-    return choose_blocks(blocks, scores, full, n_blocks=cfg.target_blocks, max_macs=cfg.target_macs)
+    if cfg.target_blocks is not None:
+        return choose_blocks(blocks, scores, full, n_blocks=cfg.target_blocks)
+    return choose_blocks(blocks, scores, full, max_macs=cfg.target_macs)
 
 
 def train(
