@@ -141,7 +141,9 @@ def test_torchrun_trains_deterministically_rank0_writes(work: Path) -> None:
         assert torch.equal(a["model"][key], b["model"][key]), key
     log = json.loads((work / "ddp1" / "log.json").read_text())
     assert [row["epoch"] for row in log] == [1, 2]
-    assert all(k in log[-1] for k in ("val_accuracy", "msw/layer1.1"))
+    targets = a["regularizer"]["targets"]  # the default budget, chosen alike on both ranks
+    assert targets and targets == b["regularizer"]["targets"]
+    assert all(k in log[-1] for k in ("val_accuracy", *(f"msw/{t}" for t in targets)))
     files = sorted(p.name for p in (work / "ddp1").iterdir() if p.name != "tensorboard")
     assert files == ["checkpoint.pt", "config.json", "log.csv", "log.json"]
     board = work / "ddp1" / "tensorboard"  # when tensorboard is installed: rank 0's only

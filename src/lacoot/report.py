@@ -58,6 +58,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             else " (none)"
         )
     )
+    if "greedy" in report["sweeps"]:
+        n = len(report["blocks"])
+        out.append(
+            f"- `greedy` order: {n * (n + 1) // 2 - 1} repaired evaluations of the validation "
+            f"split for {n} blocks"
+        )
     if report.get("penalized"):
         out.append(f"- penalised during training: {', '.join(report['penalized'])}")
     budget = ", ".join(f"{k} = {v}" for k, v in report["budget"].items() if v is not None)
