@@ -1,8 +1,9 @@
 """Tables, plot and ``docs/benchmarks/headline.json`` from ``collapse_quality.py`` results.
 
 Several result files may be given (models trained on a GPU and evaluated there, others evaluated
-on this machine); their ``results`` are merged by job name. Validation accuracy alone chooses:
-the best order at each ``k`` and the headline collapse; test accuracy is reported.
+on this machine); their ``results`` are merged by job name and written to ``OUT.json``.
+Validation accuracy alone chooses the best order at each ``k`` and the headline collapse; test
+accuracy is reported.
 
     python benchmarks/collapse_quality_report.py runs/1/collapse_quality.json \\
         runs/cq/cpu_eval.json --out docs/benchmarks/collapse_quality \\
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parts.append("## Sources\n")
     parts.append("```json\n" + json.dumps(sources, indent=1) + "\n```\n")
     atomic_write_text(args.out + ".md", "\n".join(parts))
+    merged = {"sources": sources, "schedule": args.schedule, "results": results}
+    atomic_write_text(args.out + ".json", json.dumps(merged, indent=1))
     plot(results, Path(args.out + ".png"))
     return 0
 
