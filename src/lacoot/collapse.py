@@ -253,8 +253,12 @@ def sweep(
             repair_model(model, order[:k], calib, method=repair, n_samples=calib_samples)
             for k in range(1, K + 1)
         ]
+    if progress is not None and repair != "none":
+        progress(f"repaired {K} collapses ({repair}, {calib_samples} calibration images)")
     latencies: list[dict[int, float]] = [{} for _ in models]
     for bs in latency_batch_sizes:
+        if progress is not None:
+            progress(f"latency of {len(models)} models at batch {bs}")
         batch = example_input.expand(bs, *example_input.shape[1:]).contiguous()
         timed = compare_latency(models, batch, warmup=warmup, repeats=repeats)
         for lat, t in zip(latencies, timed, strict=True):
