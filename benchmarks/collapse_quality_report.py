@@ -36,9 +36,11 @@ def load(paths: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 def curves(res: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """``(order, repair) -> points`` with ``repair`` in none/bn/linear."""
+    """``(order, repair) -> points`` with ``repair`` in none/bn/linear. The unrepaired points
+    come from the ``bn`` sweep, whose MACs are those of the plain collapse (linear patches add
+    MACs)."""
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for key, sw in res["sweeps"].items():
+    for key, sw in sorted(res["sweeps"].items(), key=lambda kv: kv[0].endswith("/bn")):
         order, repair = key.split("/")
         out[(order, repair)] = sw["points"]
         out[(order, "none")] = [
@@ -142,7 +144,9 @@ def model_table(res: dict[str, Any]) -> str:
     return markdown_table(["order / repair", *[f"k={i}" for i in range(k)]], rows)
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def plot(results: dict[str, Any], path: Path, best_config: str | None) -> None:
+    """Accuracy against MACs: vanilla with BN re-estimation and with linear repair, every LaCoOT
+    model with its best repair, the headline configuration unrepaired too, and from scratch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,15 +157,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series = [("vanilla + best order + BN re-est.", best_by_val(vanilla, "bn"), "C0", "--")]
     series.append(("vanilla + best order + linear", best_by_val(vanilla, "linear"), "C0", "-"))
-    for i, (_name, res) in enumerate(
-        (n, r) for n, r in results.items()
-        if n.startswith("main-") and "sweeps" in r and n != "main-vanilla"
-    ):  # fmt: skip
-        series.append((f"{res['config']} (LaCoOT), unrepaired", best_by_val(res, "none"),
-                       f"C{i + 1}", ":"))  # fmt: skip
-        series.append((f"{res['config']} (LaCoOT), best repair", best_by_val(res), f"C{i + 1}",
-                       "-"))  # fmt: skip
-    for label, pts, color, style in series[:6]:
+    models = [r for n, r in results.items()
+              if n.startswith("main-") and "sweeps" in r and n != "main-vanilla"]  # fmt: skip
+    for i, res in enumerate(models):
+        color = f"C{i + 1}"
+        series.append((f"LaCoOT {res['config']}, best repair", best_by_val(res), color, "-"))
+        if res["config"] == best_config:
+            series.append((f"LaCoOT {res['config']}, unrepaired", best_by_val(res, "none"),
+                           color, ":"))  # fmt: skip
+    for label, pts, color, style in series:
         ax.plot([p["macs"] / full_macs for p in pts], [p["test_accuracy"] for p in pts],
                 style, color=color, marker="o", ms=3, label=label)  # fmt: skip
     scratch = sorted(
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out + ".md", "\n".join(parts))
     merged = {"sources": sources, "schedule": args.schedule, "results": results}
     atomic_write_text(args.out + ".json", json.dumps(merged, indent=1))
-    plot(results, Path(args.out + ".png"))
+    plot(results, Path(args.out + ".png"), (head["best"] or {}).get("config"))
     return 0
 
 
