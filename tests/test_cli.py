@@ -89,7 +89,7 @@ def test_score_prints_every_block(trained: Path, work: Path) -> None:
 def test_collapse_writes_report_and_plot(trained: Path, work: Path) -> None:
     lacoot_cmd(
         "collapse", str(trained), "--blocks", "3", "--out", "col", "--compare", "depth",
-        "--latency-batch-sizes", "1", "--latency-repeats", "2", cwd=work,
+        "--criterion", "msw", "--latency-batch-sizes", "1", "--latency-repeats", "2", cwd=work,
     )  # fmt: skip
     report = json.loads((work / "col" / "report.json").read_text())
     assert report["chosen"]["k"] == 3 and len(report["chosen"]["removed"]) == 3
@@ -99,6 +99,9 @@ def test_collapse_writes_report_and_plot(trained: Path, work: Path) -> None:
     assert set(report["sweeps"]) == {"msw", "depth"}
     md = (work / "col" / "report.md").read_text()
     assert "## Sweep" in md and "latency b=1" in md
+    assert "unrepaired val / test" in md and "repair: `linear`, 2048 calibration" in md
+    assert report["repair"] == {"method": "linear", "calib_samples": 2048}
+    assert all(set(p["unrepaired"]) == {"val_accuracy", "test_accuracy"} for p in points)
     png = (work / "col" / "accuracy_vs_macs.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     shallow = lacoot.load(work / "col" / "shallow.pt")

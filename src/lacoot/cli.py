@@ -56,7 +56,7 @@ _HELP = {
     "(1: no budget, every block penalised; yields to --penalize and --target-blocks)",
     "target_warmup": "epochs with every block penalised before target blocks are chosen",
     "target_criterion": "criterion that ranks the blocks when the targets are chosen",
-    "criterion": "block order: msw, msw_rel, cosine, angular, random or depth",
+    "criterion": "block order: msw, msw_rel, cosine, angular, greedy, random or depth",
     "compare": "other block orders measured for comparison",
     "max_drop": "largest validation-accuracy drop allowed, in percentage points (run: 1.0 when "
     "no other budget is given)",
@@ -80,6 +80,14 @@ _COLLAPSE_KEYS = [
     "criterion", "compare", "max_drop", "max_macs", "blocks", "repair", "calib_samples",
     "latency_batch_sizes", "latency_repeats",
 ]  # fmt: skip
+
+
+def _default(key: str) -> Any:
+    """The default of a :class:`lacoot.pipeline.RunConfig` option."""
+    from .pipeline import RunConfig
+
+    f = RunConfig.__dataclass_fields__[key]
+    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 def _parse_kv(text: str) -> tuple[str, Any]:
@@ -321,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lacoot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def collapse_options(p: argparse.ArgumentParser) -> None:
+        for key, kind in (("criterion", str), ("repair", str), ("calib_samples", int)):
+            default = _default(key)
+            p.add_argument("--" + key.replace("_", "-"), type=kind, default=default,
+                           help=f"{_HELP[key]} (default: {default})")  # fmt: skip
+
     def checkpoint_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("checkpoint", help="checkpoint.pt written by lacoot train")
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -346,10 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-drop", type=float, help=_HELP["max_drop"])
     budget.add_argument("--max-macs", type=float, help=_HELP["max_macs"])
     budget.add_argument("--blocks", type=int, help=_HELP["blocks"])
-    p.add_argument("--criterion", default="msw", help=_HELP["criterion"])
-    p.add_argument("--compare", nargs="*", default=["cosine", "random", "depth"])
-    p.add_argument("--repair", default="linear", help=_HELP["repair"])
-    p.add_argument("--calib-samples", type=int, default=2048, help=_HELP["calib_samples"])
+    collapse_options(p)
+    p.add_argument("--compare", nargs="*", default=_default("compare"), help=_HELP["compare"])
     p.add_argument("--no-progress", action="store_true", help="print no progress lines")
     p.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 128])
     p.add_argument("--latency-repeats", type=int, default=10)
@@ -364,9 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="how many blocks to remove (in --criterion order), or their names, comma-separated",
     )
-    p.add_argument("--criterion", default="msw", help=_HELP["criterion"])
-    p.add_argument("--repair", default="linear", help=_HELP["repair"])
-    p.add_argument("--calib-samples", type=int, default=2048, help=_HELP["calib_samples"])
+    collapse_options(p)
     p.add_argument("--format", choices=["pt", "torchscript", "onnx"], default="pt")
     p.add_argument("--output", required=True, help="file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT file")

@@ -90,7 +90,7 @@ class RunConfig:
     target_criterion: str = "msw_rel"
     # scoring and collapse
     criterion: str = "greedy"  # measured: docs/benchmarks/collapse_quality.md
-    compare: list[str] = field(default_factory=lambda: ["msw", "cosine"])
+    compare: list[str] = field(default_factory=lambda: ["cosine"])
     max_drop: float | None = None  # points of validation accuracy; 1.0 if no budget is given
     max_macs: float | None = None  # fraction of the full model's MACs
     blocks: int | None = None  # remove exactly this many blocks
