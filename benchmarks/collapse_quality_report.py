@@ -83,8 +83,7 @@ def headline(results: dict[str, Any], schedule: str) -> dict[str, Any]:
     if candidates:
         k, _, name, order, repair, p = max(candidates, key=lambda c: (c[0], c[1]))
         best = {"config": results[name]["config"], "criterion": order, "repair": repair, "k": k,
-                "macs_fraction": p["macs"] / full["macs"], "test": p["test_accuracy"],
-                "val": p["val_accuracy"]}  # fmt: skip
+                "macs_fraction": p["macs"] / full["macs"], "test": p["test_accuracy"]}  # fmt: skip
     else:
         best = None
     scratch = {
@@ -96,7 +95,6 @@ def headline(results: dict[str, Any], schedule: str) -> dict[str, Any]:
     return {
         "schedule": schedule,
         "vanilla_full_test": full["test_accuracy"],
-        "vanilla_full_val": full["val_accuracy"],
         "best": best,
         "scratch": dict(sorted(scratch.items(), key=lambda kv: int(kv[0]))),
         "baseline_vanilla_bn": baseline,
