@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             if res.get("targets"):
                 parts.append(f"Penalised blocks chosen by the budget: {res['targets']}\n")
             parts.append(model_table(res))
+    parts.append("## Shallow nets trained from scratch (same schedule, no penalty)\n")
+    rows = [[len(r["removed"]), ", ".join(r["removed"]), fmt(r["val_accuracy"]),
+             fmt(r["test_accuracy"]), f"{r['macs'] / 1e6:.2f}"]
+            for n, r in sorted(results.items()) if n.startswith("main-scratch")]  # fmt: skip
+    parts.append(markdown_table(["k", "blocks removed", "val %", "test %", "MACs (M)"], rows))
     parts.append("## Sources\n")
     parts.append("```json\n" + json.dumps(sources, indent=1) + "\n```\n")
     atomic_write_text(args.out + ".md", "\n".join(parts))

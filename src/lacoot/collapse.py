@@ -281,7 +281,8 @@ def sweep(
             )
         )
         if progress is not None:
-            progress(f"k={k}: val {accuracy['val_accuracy']}, test {accuracy['test_accuracy']}")
+            shown = {n: "-" if v is None else f"{v:.2f}%" for n, v in accuracy.items()}
+            progress(f"k={k}: val {shown['val_accuracy']}, test {shown['test_accuracy']}")
     del models, plain
     if device.type == "cuda":
         torch.cuda.empty_cache()
