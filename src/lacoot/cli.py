@@ -235,7 +235,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .blocks import remove_blocks
     from .collapse import removal_order
     from .export import export_onnx, export_torchscript, save_model
-    from .pipeline import model_from_checkpoint, prepare_data, run_scoring
+    from .pipeline import calibration_data, model_from_checkpoint, run_scoring
     from .repair import repair
     from .train import load_checkpoint, resolve_device
 
@@ -260,10 +260,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.repair == "none" or not removed:
         shallow = remove_blocks(model, removed).eval()
     else:
-        if args.data_dir is not None:
-            spec = {**spec, "data_dir": args.data_dir}
-        data = prepare_data(spec, dev, seed=args.seed)
-        calib = data.val if data.val is not None else data.train
+        _, calib, _ = calibration_data(spec, dev, args.data_dir, args.seed)
         shallow = repair(model, removed, calib, args.repair, args.calib_samples).eval()
     example = torch.zeros(1, *state["image_shape"], device=dev)
     if args.format == "pt":

@@ -227,11 +227,10 @@ def sweep(
     progress : callable, optional
         Called with a short message after each measured ``k``.
     """
-    from .repair import REPAIRS
+    from .repair import check_repair
     from .repair import repair as repair_model
 
-    if repair not in REPAIRS:
-        raise ValueError(f"repair={repair!r} is not known; expected one of {', '.join(REPAIRS)}")
+    check_repair(repair)
     order = removal_order(blocks, scores)
     K = len(order) if max_blocks is None else max_blocks
     if not 0 <= K <= len(order):

@@ -262,10 +262,9 @@ def score_blocks(
     if loader is None:
         raise ValueError(f"criterion {criterion!r} needs calibration data; pass loader=...")
     if crit.model_score is not None:
-        from .repair import REPAIRS
+        from .repair import check_repair
 
-        if repair not in REPAIRS:
-            raise ValueError(f"repair={repair!r} is not known; expected one of {REPAIRS}")
+        check_repair(repair)
         return crit.model_score(model, blocks, loader, repair, calib_samples, progress)
     assert crit.batch_score is not None
     batch_score = crit.batch_score

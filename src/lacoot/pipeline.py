@@ -36,6 +36,7 @@ __all__ = [
     "prepare_data",
     "build_model",
     "model_from_checkpoint",
+    "calibration_data",
     "run_training",
     "run_scoring",
     "run_collapse",
@@ -133,10 +134,9 @@ class RunConfig:
             raise ValueError(f"max_macs={self.max_macs!r}; expected a fraction in (0, 1]")
         if self.blocks is not None and self.blocks < 0:
             raise ValueError(f"blocks={self.blocks!r}; expected a count >= 0")
-        from .repair import REPAIRS
+        from .repair import check_repair
 
-        if self.repair not in REPAIRS:
-            raise ValueError(f"repair={self.repair!r}; expected one of {', '.join(REPAIRS)}")
+        check_repair(self.repair)
         if not (isinstance(self.calib_samples, int) and self.calib_samples >= 1):
             raise ValueError(f"calib_samples={self.calib_samples!r}; expected an integer >= 1")
         if any(b < 1 for b in self.latency_batch_sizes):
@@ -295,6 +295,17 @@ def model_from_checkpoint(
     return model, blocks, state["data_spec"]
 
 
+def calibration_data(
+    spec: dict[str, Any], device: torch.device, data_dir: str | None = None, seed: int = 0
+) -> tuple[Data, Any, dict[str, Any]]:
+    """A checkpoint's data (``spec``, its folder overridden by ``data_dir``), its calibration
+    loader (the validation split, else the training split) and the spec actually used."""
+    if data_dir is not None:
+        spec = {**spec, "data_dir": data_dir}
+    data = prepare_data(spec, device, seed=seed)
+    return data, data.val if data.val is not None else data.train, spec
+
+
 # --------------------------------------------------------------------------------- environment
 def environment(device: torch.device) -> dict[str, Any]:
     """What a result depends on besides its configuration."""
@@ -398,10 +409,7 @@ def run_scoring(
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, map_location=dev)
     model, blocks, spec = model_from_checkpoint(state, checkpoint, dev)
-    if data_dir is not None:
-        spec = {**spec, "data_dir": data_dir}
-    data = prepare_data(spec, dev, seed=seed)
-    calib = data.val if data.val is not None else data.train
+    _, calib, _ = calibration_data(spec, dev, data_dir, seed)
     return {c: score_blocks(model, blocks, calib, criterion=c, seed=seed) for c in criteria}
 
 
@@ -448,10 +456,7 @@ def run_collapse(
     model, found, spec = model_from_checkpoint(state, checkpoint, dev)
     if blocks is not None and blocks > len(found):
         raise ValueError(f"blocks={blocks}, but the model has only {len(found)} collapsible blocks")
-    if data_dir is not None:
-        spec = {**spec, "data_dir": data_dir}
-    data = prepare_data(spec, dev, seed=seed)
-    calib = data.val if data.val is not None else data.train
+    data, calib, spec = calibration_data(spec, dev, data_dir, seed)
     example = _example(state["image_shape"], dev, batch=1)
     sweeps: dict[str, Sweep] = {}
     scores: dict[str, dict[str, float]] = {}

@@ -41,9 +41,15 @@ from .blocks import (
 from .profile import model_device
 from .regularizer import block_io_hooks
 
-__all__ = ["REPAIRS", "LinearPatch", "linear_patch", "recalibrate_bn", "repair"]
+__all__ = ["REPAIRS", "LinearPatch", "check_repair", "linear_patch", "recalibrate_bn", "repair"]
 
 REPAIRS = ("none", "bn", "linear")
+
+
+def check_repair(method: str, option: str = "repair") -> None:
+    """Raise ``ValueError`` naming ``option`` unless ``method`` is one of :data:`REPAIRS`."""
+    if method not in REPAIRS:
+        raise ValueError(f"{option}={method!r} is not known; expected one of {', '.join(REPAIRS)}")
 
 
 def _check_n_samples(n_samples: int) -> None:
@@ -453,8 +459,7 @@ def repair(
     ValueError
         Unknown method, missing loader, or an error of the steps above.
     """
-    if method not in REPAIRS:
-        raise ValueError(f"method={method!r} is not known; expected one of {REPAIRS}")
+    check_repair(method, "method")
     if method != "none" and loader is None:
         raise ValueError(f"method={method!r} needs a calibration loader; got loader=None")
     names = _names(removed)

@@ -461,8 +461,19 @@ def _penalized(blocks: Sequence[Block], cfg: TrainConfig) -> list[str]:
     return chosen
 
 
-def _regularizer(model: nn.Module, names: Sequence[str], cfg: TrainConfig) -> MSWRegularizer | None:
-    """The penalty on ``names``; None for vanilla training (no hooks, no per-step cost)."""
+def _penalty_on(
+    model: nn.Module,
+    blocks: Sequence[Block],
+    targets: Sequence[str] | None,
+    cfg: TrainConfig,
+    replaces: MSWRegularizer | None = None,
+) -> MSWRegularizer | None:
+    """The penalty on a budget's ``targets`` once chosen, else on the blocks penalised from the
+    start; ``replaces`` (an earlier penalty) is closed. None for vanilla training (no hooks, no
+    per-step cost)."""
+    if replaces is not None:
+        replaces.close()
+    names = list(targets) if targets is not None else _penalized(blocks, cfg)
     if not names or cfg.lam <= 0:
         return None
     return MSWRegularizer(
@@ -583,7 +594,7 @@ def train(
     sched = _scheduler(opt, cfg, steps_per_epoch)
     use_amp = cfg.amp and dev.type == "cuda"
     targets: list[str] | None = None  # the blocks a budget chose (cfg.targeted), once chosen
-    reg = _regularizer(model, _penalized(blocks, cfg), cfg)
+    reg = _penalty_on(model, blocks, targets, cfg)
     names = list(reg.names) if reg is not None else []
     history: list[dict[str, Any]] = []
     start_epoch = start_batch = 0
@@ -616,10 +627,7 @@ def train(
         regs = state["regularizer"]
         if regs.get("targets") is not None:
             targets = list(regs["targets"])
-            if reg is not None:
-                reg.close()
-            reg = _regularizer(model, targets, cfg)
-            names = list(reg.names) if reg is not None else []
+            reg = _penalty_on(model, blocks, targets, cfg, replaces=reg)
         if reg is not None:
             reg.steps = int(regs["steps"])
             dirs = regs.get("directions_ranks") if saved_world == where.world_size else None
@@ -705,11 +713,10 @@ def train(
                                 dev,
                             )
                         )
-                        reg.close()
-                        reg = _regularizer(model, targets, cfg)
-                        names = list(reg.names) if reg is not None else []
+                        reg = _penalty_on(model, blocks, targets, cfg, replaces=reg)
                         if main and progress:
                             print(f"lacoot: penalising only {targets}", file=sys.stderr)
+                names = list(reg.names) if reg is not None else []
                 net.train()
                 first = epoch == start_epoch
                 skip = start_batch if first else 0
