@@ -30,7 +30,10 @@ def tiny_model() -> tuple[torch.nn.Module, list[lacoot.Block]]:
     return model, lacoot.find_blocks(model, torch.zeros(2, 1, 8, 8))
 
 
-CFG = TrainConfig(epochs=3, lam=0.1, lr=0.05, schedule="cosine", amp=False)
+# every block penalised by the ascent estimator (the library's defaults aim a random-direction
+# penalty at a MACs budget; these tests are about faults and resuming, not targeting)
+CFG = TrainConfig(epochs=3, lam=0.1, lr=0.05, schedule="cosine", amp=False, method="ascent",
+                  target_macs=1.0)  # fmt: skip
 
 
 class Faulty:

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import Field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,74 +20,53 @@ from . import __version__
 
 EXIT_BAD_INPUT = 2
 
-_HELP = {
-    "model": "zoo model name (see `lacoot models`)",
-    "model_args": "extra model constructor argument KEY=VALUE (repeatable), e.g. stem=imagenet",
-    "dataset": "fashion-mnist, mnist, cifar10, cifar100, tiny-imagenet or imagefolder",
-    "data_dir": "folder of the dataset files (default: $LACOOT_DATA, then system folders)",
-    "val_fraction": "fraction of the training set held out for validation and scoring",
-    "batch_size": "training batch size",
-    "augment": "random crop with padding and flips on the training batches",
-    "device": "cpu, cuda, cuda:N or auto",
-    "out": "output folder (checkpoint, logs, report)",
-    "epochs": "training epochs",
-    "lam": "weight lambda of the MSW penalty (0: vanilla training)",
-    "optimizer": "sgd (momentum, nesterov) or adamw",
-    "lr": "peak learning rate",
-    "momentum": "SGD momentum",
-    "nesterov": "Nesterov momentum",
-    "weight_decay": "weight decay",
-    "schedule": "multistep, cosine, onecycle or constant",
-    "milestones": "multistep: epochs at which lr is multiplied by gamma",
-    "gamma": "multistep: lr factor",
-    "seed": "random seed (recorded with the results)",
-    "amp": "bfloat16 mixed precision on CUDA",
-    "method": "MSW estimator during training: ascent or random",
-    "n_projections": "random directions of the random estimator",
-    "n_iters": "ascent steps per training step",
-    "nonfinite": "on a non-finite loss: stop (keep the last checkpoint) or skip the batch",
-    "global_msw": "under torchrun: compute the MSW penalty on the global batch (features of "
-    "all processes gathered) instead of each process's own",
-    "sync_bn": "under torchrun: batch-norm statistics over the global batch",
-    "relative": "divide each block's MSW by its input's principal spread (scale-free penalty)",
-    "penalize": "glob patterns of the blocks to penalise, e.g. 'layer*.2' (default: all blocks)",
-    "target_blocks": "penalise only the K blocks ranked cheapest to remove after the warm-up",
-    "target_macs": "penalise only the blocks whose removal brings the MACs to this fraction "
-    "(1: no budget, every block penalised; yields to --penalize and --target-blocks)",
-    "target_warmup": "epochs with every block penalised before target blocks are chosen",
-    "target_criterion": "criterion that ranks the blocks when the targets are chosen",
-    "criterion": "block order: msw, msw_rel, cosine, angular, greedy, random or depth",
-    "compare": "other block orders measured for comparison",
-    "max_drop": "largest validation-accuracy drop allowed, in percentage points (run: 1.0 when "
-    "no other budget is given)",
-    "max_macs": "largest MACs allowed, as a fraction of the full model's",
-    "blocks": "remove exactly this many blocks",
-    "repair": "training-free repair of each collapse: none, bn (re-estimated batch norm) or "
-    "linear (least-squares 1x1 patches, then bn)",
-    "calib_samples": "calibration images (validation split) of each repair",
-    "latency_batch_sizes": "batch sizes at which latency is measured",
-    "latency_repeats": "timed repeats per latency measurement (median reported)",
-    "progress": "progress bars",
-}
-_TRAIN_KEYS = [
-    "model", "model_args", "dataset", "data_dir", "val_fraction", "batch_size", "augment",
-    "device", "out", "epochs", "lam", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
-    "schedule", "milestones", "gamma", "seed", "amp", "method", "n_projections", "n_iters",
-    "nonfinite", "global_msw", "sync_bn", "relative", "penalize", "target_blocks",
-    "target_macs", "target_warmup", "target_criterion", "progress",
-]  # fmt: skip
-_COLLAPSE_KEYS = [
-    "criterion", "compare", "max_drop", "max_macs", "blocks", "repair", "calib_samples",
-    "latency_batch_sizes", "latency_repeats",
-]  # fmt: skip
+
+def _fields(cls: type, keys: Sequence[str] | None = None) -> list[Field]:
+    by_name = {f.name: f for f in fields(cls)}
+    return [by_name[k] for k in keys] if keys is not None else list(by_name.values())
 
 
-def _default(key: str) -> Any:
-    """The default of a :class:`lacoot.pipeline.RunConfig` option."""
-    from .pipeline import RunConfig
+def _help(f: Field, default: Any) -> str:
+    """The help text of an option: its own, its valid names (from their registry), its
+    default."""
+    from .config import option_spec
 
-    f = RunConfig.__dataclass_fields__[key]
-    return f.default_factory() if callable(f.default_factory) else f.default
+    spec = option_spec(f)
+    names = spec.names()
+    listed = f" (one of: {', '.join(names)})" if names else ""
+    shown = list(default) if isinstance(default, tuple) else default
+    return f"{spec.help}{listed} (default: {shown})"
+
+
+def add_options(
+    parser: argparse.ArgumentParser | Any, cls: type, keys: Sequence[str] | None = None
+) -> None:
+    """One flag per field of the option dataclass ``cls`` (``--snake-case`` of the field
+    name), its type, help and valid names taken from the field. The parser's defaults are
+    None, so a config file (and then the dataclass's own default) fills what is not given."""
+    from .config import base_type, default_of
+
+    for f in _fields(cls, keys):
+        flag, kind = "--" + f.name.replace("_", "-"), base_type(f)
+        common = {"dest": f.name, "help": _help(f, default_of(f))}
+        if kind == "dict":
+            parser.add_argument(flag, type=_parse_kv, action="append", **common)
+        elif kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif kind.startswith("tuple"):
+            many = "+" if kind == "tuple[int]" else "*"
+            item = int if kind == "tuple[int]" else str
+            parser.add_argument(flag, type=item, nargs=many, **common)
+        else:
+            item = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(flag, type=item, **common)
+        parser.set_defaults(**{f.name: None})
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The options of ``cls`` given on the command line."""
+    values = {f.name: getattr(args, f.name, None) for f in fields(cls)}
+    return {k: dict(v) if k == "model_args" else v for k, v in values.items() if v is not None}
 
 
 def _parse_kv(text: str) -> tuple[str, Any]:
@@ -99,48 +78,14 @@ def _parse_kv(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def _add_run_options(parser: argparse.ArgumentParser, keys: Sequence[str]) -> None:
-    """One option per RunConfig field; defaults are None so a config file can fill them."""
-    from .pipeline import RunConfig
-
-    types = {f.name: f for f in fields(RunConfig)}
-    defaults = RunConfig.__dataclass_fields__
-    for key in keys:
-        f = types[key]
-        flag = "--" + key.replace("_", "-")
-        default = defaults[key].default
-        if callable(defaults[key].default_factory):
-            default = defaults[key].default_factory()
-        help_text = f"{_HELP[key]} (default: {default})"
-        if key == "model_args":
-            parser.add_argument(flag, dest=key, type=_parse_kv, action="append", help=help_text)
-        elif f.type == "bool":
-            flag_action = argparse.BooleanOptionalAction
-            parser.add_argument(flag, dest=key, action=flag_action, help=help_text)
-        elif key in ("milestones", "latency_batch_sizes"):
-            parser.add_argument(flag, dest=key, type=int, nargs="+", help=help_text)
-        elif key in ("compare", "penalize"):
-            parser.add_argument(flag, dest=key, nargs="*", help=help_text)
-        else:
-            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(
-                f.type, str
-            )
-            parser.add_argument(flag, dest=key, type=kind, help=help_text)
-        parser.set_defaults(**{key: None})
-
-
-def _run_config(args: argparse.Namespace, keys: Sequence[str]):
+def _run_config(args: argparse.Namespace) -> Any:
     """Defaults < config file < command-line flags."""
-    from .pipeline import RunConfig
+    from .config import RunConfig
 
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(_read_config(Path(args.config)))
-    for key in keys:
-        value = getattr(args, key, None)
-        if value is not None:
-            values[key] = dict(value) if key == "model_args" else value
-    return RunConfig.from_dict(values)
+    return RunConfig.from_dict(values | _given(args, RunConfig))
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -168,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import env_rank
     from .pipeline import run_training
 
-    cfg = _run_config(args, _TRAIN_KEYS)
+    cfg = _run_config(args)
     ckpt, history = run_training(cfg, overwrite=args.overwrite, resume=args.resume)
     if env_rank() != 0:
         return 0
@@ -181,14 +126,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ._io import atomic_write_text
     from .pipeline import run_scoring
 
-    scores = run_scoring(args.checkpoint, args.criterion, args.device, args.data_dir, args.seed)
-    if args.out:
-        atomic_write_text(args.out, json.dumps(scores, indent=2))
-    _print_json(scores)
+    _print_json(run_scoring(args.checkpoint, args.criterion, args.device, args.data_dir,
+                            args.seed, out=args.out))  # fmt: skip
     return 0
+
+
+EXPORT_OPTIONS = ("criterion", "repair", "calib_samples")  # the collapse options of export
+
+
+def _collapse_config(args: argparse.Namespace, keys: Sequence[str] | None = None) -> Any:
+    from .config import CollapseConfig
+
+    given = _given(args, CollapseConfig)
+    return CollapseConfig.from_dict({k: v for k, v in given.items() if keys is None or k in keys})
 
 
 def cmd_collapse(args: argparse.Namespace) -> int:
@@ -196,23 +148,10 @@ def cmd_collapse(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "collapse"
     report = run_collapse(
-        args.checkpoint,
-        out,
-        criterion=args.criterion,
-        compare=args.compare,
-        max_drop=args.max_drop,
-        max_macs=args.max_macs,
-        blocks=args.blocks,
-        device=args.device,
-        data_dir=args.data_dir,
-        seed=args.seed,
-        latency_batch_sizes=args.latency_batch_sizes,
-        latency_repeats=args.latency_repeats,
-        overwrite=args.overwrite,
-        repair=args.repair,
-        calib_samples=args.calib_samples,
+        args.checkpoint, out, _collapse_config(args), device=args.device,
+        data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
         progress=not args.no_progress,
-    )
+    )  # fmt: skip
     _summarise(report, out)
     return 0
 
@@ -230,82 +169,31 @@ def _summarise(report: dict[str, Any], out: Path) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from .pipeline import run_export
 
-    from .blocks import remove_blocks
-    from .collapse import removal_order
-    from .export import export_onnx, export_torchscript, save_model
-    from .pipeline import calibration_data, model_from_checkpoint, run_scoring
-    from .repair import repair
-    from .train import load_checkpoint, resolve_device
-
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{str(output)!r} already exists; pass --overwrite to replace it")
-    dev = resolve_device(args.device)
-    state = load_checkpoint(args.checkpoint, map_location=dev)
-    model, blocks, spec = model_from_checkpoint(state, args.checkpoint, dev)
-    names = [b.name for b in blocks]
-    if args.blocks.isdigit():
-        k = int(args.blocks)
-        if k > len(blocks):
-            raise ValueError(f"--blocks {k}, but the model has only {len(blocks)} blocks")
-        scores = run_scoring(args.checkpoint, [args.criterion], args.device, args.data_dir)
-        removed = removal_order(blocks, scores[args.criterion])[:k]
-    else:
-        removed = [n for n in args.blocks.split(",") if n]
-        unknown = [n for n in removed if n not in names]
-        if unknown:
-            raise ValueError(f"blocks {unknown} are not collapsible; expected some of {names}")
-    if args.repair == "none" or not removed:
-        shallow = remove_blocks(model, removed).eval()
-    else:
-        _, calib, _ = calibration_data(spec, dev, args.data_dir, args.seed)
-        shallow = repair(model, removed, calib, args.repair, args.calib_samples).eval()
-    example = torch.zeros(1, *state["image_shape"], device=dev)
-    if args.format == "pt":
-        save_model(output, shallow, state["model_spec"], removed)
-    elif args.format == "torchscript":
-        export_torchscript(shallow, example, output)
-    else:
-        export_onnx(shallow, example, output)
-        _check_onnx(shallow, example, output)
-    print(f"exported {state['model_spec']['name']} without {removed} to {output} ({args.format})")
+    blocks = int(args.blocks) if args.blocks.isdigit() else [n for n in args.blocks.split(",") if n]
+    done = run_export(
+        args.checkpoint, args.output, blocks, args.format, _collapse_config(args, EXPORT_OPTIONS),
+        device=args.device, data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
+    )  # fmt: skip
+    if args.format == "onnx":
+        diff = done["onnx_max_abs_diff"]
+        print(
+            "onnxruntime is not installed: the ONNX file was not checked"
+            if diff is None
+            else f"onnxruntime check: max abs difference {diff:.2e}"
+        )
+    print(f"exported the model without {done['removed']} to {done['path']} ({done['format']})")
     return 0
 
 
-def _check_onnx(model: Any, example: Any, path: Path) -> None:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        print("onnxruntime is not installed: the ONNX file was not checked")
-        return
-    import torch
-
-    x = torch.randn(3, *example.shape[1:])
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-    with torch.no_grad():
-        want = model.cpu()(x)
-    err = float((got - want).abs().max())
-    if not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
-        raise ValueError(f"ONNX output differs from torch's by {err:.3g}; file {path}")
-    print(f"onnxruntime check: max abs difference {err:.2e}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._io import atomic_write_text
     from .pipeline import run_all
 
-    cfg = _run_config(args, _TRAIN_KEYS + _COLLAPSE_KEYS)
-    out = Path(cfg.out)
+    cfg = _run_config(args)
     report = run_all(cfg, overwrite=args.overwrite, resume=args.resume)
-    if report is None:  # not rank 0 under torchrun
-        return 0
-    import yaml
-
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _summarise(report, out)
+    if report is not None:  # None: not rank 0 under torchrun
+        _summarise(report, Path(cfg.out))
     return 0
 
 
@@ -317,7 +205,31 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
+def _checkpoint_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint.pt written by lacoot train")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-dir", default=None, help="override the checkpoint's data folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scoring randomness")
+
+
+def _run_parser(sub: Any, name: str, func: Any, with_collapse: bool, **kw: Any) -> None:
+    """``train`` and ``run``: every option of the run, a config file, resume and overwrite."""
+    from .config import CollapseConfig, RunConfig
+
+    p = sub.add_parser(name, **kw)
+    p.add_argument("--config", help="YAML file of options (flags override it)")
+    collapse = {f.name for f in fields(CollapseConfig)}
+    keys = [f.name for f in fields(RunConfig) if with_collapse or f.name not in collapse]
+    add_options(p, RunConfig, keys)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace results already in OUT")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .config import CollapseConfig
+    from .export import FORMATS
+
     parser = argparse.ArgumentParser(
         prog="lacoot",
         description="Make deep networks shallower with LaCoOT (Layer Collapse through Optimal "
@@ -325,71 +237,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lacoot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def collapse_options(p: argparse.ArgumentParser) -> None:
-        for key, kind in (("criterion", str), ("repair", str), ("calib_samples", int)):
-            default = _default(key)
-            p.add_argument("--" + key.replace("_", "-"), type=kind, default=default,
-                           help=f"{_HELP[key]} (default: {default})")  # fmt: skip
-
-    def checkpoint_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("checkpoint", help="checkpoint.pt written by lacoot train")
-        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-        p.add_argument("--data-dir", default=None, help="override the checkpoint's data folder")
-        p.add_argument("--seed", type=int, default=0, help="seed of the scoring randomness")
-
-    p = sub.add_parser("train", help="train a model with the LaCoOT penalty")
-    p.add_argument("--config", help="YAML file of options (flags override it)")
-    _add_run_options(p, _TRAIN_KEYS)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in OUT")
-    p.set_defaults(func=cmd_train)
+    _run_parser(sub, "train", cmd_train, False, help="train a model with the LaCoOT penalty")
 
     p = sub.add_parser("score", help="score the blocks of a trained checkpoint")
-    checkpoint_options(p)
+    _checkpoint_options(p)
     p.add_argument("--criterion", nargs="+", default=["msw"], help="one or more criteria")
     p.add_argument("--out", help="also write the scores to this JSON file")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("collapse", help="sweep, choose within a budget, report")
-    checkpoint_options(p)
-    budget = p.add_argument_group("budget (at least one)")
-    budget.add_argument("--max-drop", type=float, help=_HELP["max_drop"])
-    budget.add_argument("--max-macs", type=float, help=_HELP["max_macs"])
-    budget.add_argument("--blocks", type=int, help=_HELP["blocks"])
-    collapse_options(p)
-    p.add_argument("--compare", nargs="*", default=_default("compare"), help=_HELP["compare"])
+    _checkpoint_options(p)
+    add_options(p, CollapseConfig)
     p.add_argument("--no-progress", action="store_true", help="print no progress lines")
-    p.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 128])
-    p.add_argument("--latency-repeats", type=int, default=10)
     p.add_argument("--out", help="report folder (default: beside the checkpoint, collapse/)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in OUT")
     p.set_defaults(func=cmd_collapse)
 
     p = sub.add_parser("export", help="write the physically shallower model")
-    checkpoint_options(p)
+    _checkpoint_options(p)
     p.add_argument(
         "--blocks",
         required=True,
         help="how many blocks to remove (in --criterion order), or their names, comma-separated",
     )
-    collapse_options(p)
-    p.add_argument("--format", choices=["pt", "torchscript", "onnx"], default="pt")
+    add_options(p, CollapseConfig, EXPORT_OPTIONS)
+    p.add_argument("--format", choices=FORMATS, default="pt", help="file format")
     p.add_argument("--output", required=True, help="file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT file")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
-        "run",
-        help="the main job: train with LaCoOT, collapse and report",
+    _run_parser(
+        sub, "run", cmd_run, True, help="the main job: train with LaCoOT, collapse and report",
         description="Train with LaCoOT on the embedded default (Fashion-MNIST, resnet20) unless "
         "told otherwise, then sweep, choose a collapse within the budget and report.",
-    )
-    p.add_argument("--config", help="YAML file of options (flags override it)")
-    _add_run_options(p, _TRAIN_KEYS + _COLLAPSE_KEYS)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--overwrite", action="store_true", help="replace results already in OUT")
-    p.set_defaults(func=cmd_run)
+    )  # fmt: skip
 
     p = sub.add_parser("models", help="list the zoo's models")
     p.set_defaults(func=cmd_models)

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .device import resolve_device
+
 __all__ = [
     "DistInfo",
     "info",
@@ -81,8 +83,6 @@ def init_from_env(device: str | torch.device = "auto") -> tuple[DistInfo, torch.
         This process's place, its device, and whether this call created the process group
         (then :func:`shutdown` should be called at the end).
     """
-    from .train import resolve_device
-
     world_size = _env_int("WORLD_SIZE", 1)
     dev = resolve_device(device)
     if world_size <= 1:

@@ -21,7 +21,10 @@ from . import __version__
 from ._io import atomic_write_bytes
 from .blocks import remove_blocks
 
-__all__ = ["save_model", "load", "export_torchscript", "export_onnx", "FORMATS"]
+__all__ = [
+    "save_model", "load", "export_torchscript", "export_onnx", "check_onnx", "export_model",
+    "FORMATS",
+]  # fmt: skip
 
 MODEL_FORMAT = 1
 FORMATS = ("pt", "torchscript", "onnx")
@@ -140,3 +143,47 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike
         )
 
     _write_via_temp(Path(path), write)
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, example_input: Tensor) -> float | None:
+    """Run the ONNX file at ``path`` in onnxruntime on 3 random inputs shaped like
+    ``example_input`` and compare with ``model`` (CPU). Returns the largest absolute difference,
+    or None when onnxruntime is not installed; a difference beyond ``rtol=1e-3, atol=1e-4`` is a
+    ``ValueError``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    x = torch.randn(3, *example_input.shape[1:])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        want = model.cpu()(x)
+    err = float((got - want).abs().max())
+    if not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
+        raise ValueError(f"ONNX output differs from torch's by {err:.3g}; file {path}")
+    return err
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str,
+    example_input: Tensor,
+    spec: dict[str, Any],
+    removed: Sequence[str],
+) -> dict[str, Any]:
+    """Write a collapsed zoo model in one of :data:`FORMATS`; an ONNX file is checked against
+    the model (:func:`check_onnx`). Returns ``{"path", "format", "removed",
+    "onnx_max_abs_diff"}`` (the last None unless checked)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
+    diff = None
+    if fmt == "pt":
+        save_model(path, model, spec, removed)
+    elif fmt == "torchscript":
+        export_torchscript(model, example_input, path)
+    else:
+        export_onnx(model, example_input, path)
+        diff = check_onnx(model, path, example_input)
+    return {"path": str(path), "format": fmt, "removed": list(removed), "onnx_max_abs_diff": diff}

@@ -14,7 +14,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,14 @@ from torch import nn
 from . import __version__
 from ._io import atomic_write_text
 from .blocks import Block, find_blocks
+from .checkpoint import CheckpointError, load_checkpoint
 from .collapse import Sweep, SweepPoint, sweep
-from .criteria import list_criteria, score_blocks
+from .config import CollapseConfig, RunConfig
+from .criteria import score_blocks
+from .device import resolve_device
 from .distributed import barrier, env_rank, init_from_env, shutdown
 from .profile import count_macs
-from .train import CheckpointError, TrainConfig, load_checkpoint, resolve_device, train
+from .train import train
 
 __all__ = [
     "RunConfig",
@@ -40,159 +43,13 @@ __all__ = [
     "run_training",
     "run_scoring",
     "run_collapse",
+    "run_export",
     "run_all",
     "environment",
 ]
 
 
 COLLAPSE_OUTPUTS = ("report.json", "report.md", "accuracy_vs_macs.png", "shallow.pt")
-DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
-DEFAULT_TARGET_MACS = 0.55  # penalise the blocks whose removal brings the MACs to 55%
-
-
-@dataclass
-class RunConfig:
-    """Everything one ``lacoot`` run depends on (flat: the keys are the command-line options)."""
-
-    # what
-    model: str = "resnet20"
-    model_args: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    val_fraction: float = 0.1  # held out of the training set, as the paper
-    batch_size: int = 128
-    augment: bool = True  # random crop with padding (+ flip where label-preserving)
-    device: str = "auto"
-    out: str = "runs/lacoot"
-    # training (see TrainConfig)
-    epochs: int = 4
-    lam: float = 1.0  # measured (random, 4 targets): docs/benchmarks/collapse_quality.md
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    milestones: list[int] = field(default_factory=lambda: [80, 120])
-    gamma: float = 0.1
-    seed: int = 0
-    amp: bool = True
-    method: str = "random"  # 50 random directions, as the paper: 3x cheaper than ascent on a GPU
-    n_projections: int = 50
-    n_iters: int = 2
-    nonfinite: str = "stop"
-    global_msw: bool = False
-    sync_bn: bool = False
-    relative: bool = False
-    penalize: list[str] = field(default_factory=list)
-    target_blocks: int | None = None
-    target_macs: float | None = DEFAULT_TARGET_MACS  # 1: no budget, every block penalised
-    target_warmup: int = 1
-    target_criterion: str = "msw_rel"
-    # scoring and collapse
-    criterion: str = "greedy"  # measured: docs/benchmarks/collapse_quality.md
-    compare: list[str] = field(default_factory=lambda: ["cosine"])
-    max_drop: float | None = None  # points of validation accuracy; 1.0 if no budget is given
-    max_macs: float | None = None  # fraction of the full model's MACs
-    blocks: int | None = None  # remove exactly this many blocks
-    repair: str = "linear"  # measured: docs/benchmarks/collapse_quality.md
-    calib_samples: int = 2048  # calibration images of each repair
-    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 128])
-    latency_repeats: int = 10
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if (self.penalize or self.target_blocks is not None) and (
-            self.target_macs == DEFAULT_TARGET_MACS
-        ):  # the default budget yields to the blocks the user names or counts
-            self.target_macs = None
-        self.validate()
-
-    def validate(self) -> None:
-        """Reject out-of-range values before any work starts."""
-        from .data import DATASETS, canonical_name
-        from .models import list_models
-
-        if self.model not in list_models():
-            raise ValueError(
-                f"unknown model {self.model!r}; valid names: {', '.join(list_models())}"
-            )
-        canonical = canonical_name(self.dataset)  # raises with the valid names
-        assert canonical in DATASETS
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction={self.val_fraction!r}; expected 0 <= value < 1")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 2):
-            raise ValueError(f"batch_size={self.batch_size!r}; expected an integer >= 2")
-        for name in [self.criterion, *self.compare]:
-            if name not in list_criteria():
-                raise ValueError(
-                    f"unknown criterion {name!r}; valid names: {', '.join(list_criteria())}"
-                )
-        if self.max_drop is not None and not self.max_drop >= 0:
-            raise ValueError(f"max_drop={self.max_drop!r}; expected >= 0 percentage points")
-        if self.max_macs is not None and not 0 < self.max_macs <= 1:
-            raise ValueError(f"max_macs={self.max_macs!r}; expected a fraction in (0, 1]")
-        if self.blocks is not None and self.blocks < 0:
-            raise ValueError(f"blocks={self.blocks!r}; expected a count >= 0")
-        from .repair import check_repair
-
-        check_repair(self.repair)
-        if not (isinstance(self.calib_samples, int) and self.calib_samples >= 1):
-            raise ValueError(f"calib_samples={self.calib_samples!r}; expected an integer >= 1")
-        if any(b < 1 for b in self.latency_batch_sizes):
-            raise ValueError(f"latency_batch_sizes={self.latency_batch_sizes}; expected >= 1")
-        self.train_config()  # validates the training options
-
-    def train_config(self) -> TrainConfig:
-        names = {f.name for f in fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in asdict(self).items() if k in names})
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """Build from a mapping (a YAML file, say); unknown keys and wrong types are errors."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown options {unknown}; expected some of {sorted(known)}")
-        defaults = cls.__new__(cls)
-        for f in fields(cls):
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            setattr(defaults, f.name, default)
-        for key, value in values.items():
-            _check_type(key, value, getattr(defaults, key))
-        merged = {f.name: getattr(defaults, f.name) for f in fields(cls)} | dict(values)
-        return cls(**merged)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def data_spec(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "data_dir": self.data_dir,
-            "val_fraction": self.val_fraction,
-            "split_seed": self.seed,
-            "batch_size": self.batch_size,
-            "augment": self.augment,
-        }
-
-
-def _check_type(key: str, value: Any, default: Any) -> None:
-    if value is None or default is None:
-        return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise ValueError(
-            f"option {key}={value!r} has type {type(value).__name__}; expected "
-            f"{type(default).__name__}"
-        )
 
 
 # -------------------------------------------------------------------------------------- data
@@ -404,113 +261,121 @@ def run_scoring(
     device: str = "auto",
     data_dir: str | None = None,
     seed: int = 0,
+    out: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Scores of every block of a checkpoint's model on its validation split, per criterion."""
+    """Scores of every block of a checkpoint's model on its validation split, per criterion;
+    also written to the JSON file ``out`` when given."""
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, map_location=dev)
     model, blocks, spec = model_from_checkpoint(state, checkpoint, dev)
     _, calib, _ = calibration_data(spec, dev, data_dir, seed)
-    return {c: score_blocks(model, blocks, calib, criterion=c, seed=seed) for c in criteria}
+    scores = {c: score_blocks(model, blocks, calib, criterion=c, seed=seed) for c in criteria}
+    if out is not None:
+        atomic_write_text(out, json.dumps(scores, indent=2))
+    return scores
+
+
+def _refuse_earlier_report(out: Path, overwrite: bool) -> None:
+    earlier = [n for n in COLLAPSE_OUTPUTS if (out / n).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"output folder {str(out)!r} already holds a collapse report ({', '.join(earlier)}); "
+            "pass --overwrite to replace it or choose another --out"
+        )
+
+
+def _sweep_orders(
+    model: nn.Module, found: list[Block], calib: Any, test: Any, example: torch.Tensor,
+    opts: CollapseConfig, seed: int, say: Any,
+) -> tuple[dict[str, dict[str, float]], dict[str, Sweep]]:  # fmt: skip
+    """Scores and sweep of every order (``opts.criterion`` first, then ``opts.compare``)."""
+    sweeps: dict[str, Sweep] = {}
+    scores: dict[str, dict[str, float]] = {}
+    for name in [opts.criterion, *[c for c in opts.compare if c != opts.criterion]]:
+        say(f"scoring {len(found)} blocks by {name!r}")
+        scores[name] = score_blocks(
+            model, found, calib, criterion=name, seed=seed, repair=opts.repair,
+            calib_samples=opts.calib_samples, progress=lambda msg: say(f"  {msg}"),
+        )  # fmt: skip
+        timed = name == opts.criterion  # latency only for the chosen order: same per depth
+        say(f"sweeping {name!r} order with repair {opts.repair!r}"
+            + (" and latency" if timed else ""))  # fmt: skip
+        sweeps[name] = sweep(
+            model, found, scores[name], calib, test, example_input=example,
+            latency_batch_sizes=opts.latency_batch_sizes if timed else (),
+            repeats=opts.latency_repeats, repair=opts.repair, calib_samples=opts.calib_samples,
+            progress=lambda msg, name=name: say(f"  {name}: {msg}"),
+        )  # fmt: skip
+    return scores, sweeps
 
 
 def run_collapse(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
-    criterion: str = "msw",
-    compare: Sequence[str] = (),
-    max_drop: float | None = None,
-    max_macs: float | None = None,
-    blocks: int | None = None,
+    options: CollapseConfig | None = None,
+    *,
     device: str = "auto",
     data_dir: str | None = None,
     seed: int = 0,
-    latency_batch_sizes: Sequence[int] = (1, 128),
-    latency_repeats: int = 10,
     overwrite: bool = False,
-    repair: str = "linear",
-    calib_samples: int = 2048,
     progress: bool = True,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Sweep k = 0..K removed blocks for each criterion, choose within the budget, write a report.
+    """Sweep k = 0..K removed blocks for each order, choose within the budget, write a report.
 
-    Every collapse is repaired with ``repair`` (:func:`lacoot.repair.repair`, ``calib_samples``
-    images of the validation split) and measured with and without it. Writes ``report.json``,
-    ``report.md`` and ``accuracy_vs_macs.png`` (when matplotlib is installed) into ``out`` and the
-    chosen shallow (repaired) model as ``shallow.pt``; returns the report. An earlier report in
+    ``options`` (:class:`lacoot.config.CollapseConfig`; its fields may also be given, or
+    overridden, as keywords) name the orders, the budget, the repair and the latency batches.
+    Every collapse is repaired (:func:`lacoot.repair.repair`, ``calib_samples`` images of the
+    validation split) and measured with and without it. Writes ``report.json``, ``report.md``
+    and ``accuracy_vs_macs.png`` (when matplotlib is installed) into ``out`` and the chosen
+    shallow (repaired) model as ``shallow.pt``; returns the report. An earlier report in
     ``out`` is an error unless ``overwrite``. ``progress`` prints each phase to stderr.
     """
     from .export import save_model
     from .repair import repair as repair_model
     from .report import write_report
 
-    if max_drop is None and max_macs is None and blocks is None:
+    opts = CollapseConfig.from_dict({**(options or CollapseConfig()).to_dict(), **overrides})
+    if not opts.has_budget:
         raise ValueError("no budget given; expected max_drop, max_macs or blocks")
-    earlier = [n for n in COLLAPSE_OUTPUTS if (Path(out) / n).exists()]
-    if earlier and not overwrite:
-        raise FileExistsError(
-            f"output folder {str(out)!r} already holds a collapse report ({', '.join(earlier)}); "
-            "pass --overwrite to replace it or choose another --out"
-        )
+    out = Path(out)
+    _refuse_earlier_report(out, overwrite)
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, map_location=dev)
     model, found, spec = model_from_checkpoint(state, checkpoint, dev)
-    if blocks is not None and blocks > len(found):
-        raise ValueError(f"blocks={blocks}, but the model has only {len(found)} collapsible blocks")
+    if opts.blocks is not None and opts.blocks > len(found):
+        raise ValueError(
+            f"blocks={opts.blocks}, but the model has only {len(found)} collapsible blocks"
+        )
     data, calib, spec = calibration_data(spec, dev, data_dir, seed)
     example = _example(state["image_shape"], dev, batch=1)
-    sweeps: dict[str, Sweep] = {}
-    scores: dict[str, dict[str, float]] = {}
     say = _announcer(progress)
-    for name in [criterion, *[c for c in compare if c != criterion]]:
-        say(f"scoring {len(found)} blocks by {name!r}")
-        scores[name] = score_blocks(
-            model, found, calib, criterion=name, seed=seed, repair=repair,
-            calib_samples=calib_samples, progress=lambda msg: say(f"  {msg}"),
-        )  # fmt: skip
-        timed = name == criterion  # latency only for the chosen order: it is the same per depth
-        say(f"sweeping {name!r} order with repair {repair!r}" + (" and latency" if timed else ""))
-        sweeps[name] = sweep(
-            model,
-            found,
-            scores[name],
-            calib,
-            data.test,
-            example_input=example,
-            latency_batch_sizes=latency_batch_sizes if timed else (),
-            repeats=latency_repeats,
-            repair=repair,
-            calib_samples=calib_samples,
-            progress=lambda msg, name=name: say(f"  {name}: {msg}"),
-        )
+    scores, sweeps = _sweep_orders(model, found, calib, data.test, example, opts, seed, say)
+    main = sweeps[opts.criterion]
     chosen: SweepPoint = (
-        sweeps[criterion].points[blocks]
-        if blocks is not None
-        else sweeps[criterion].best(max_drop=max_drop, max_macs=max_macs)
+        main.points[opts.blocks]
+        if opts.blocks is not None
+        else main.best(max_drop=opts.max_drop, max_macs=opts.max_macs)
     )
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shallow = (
-        repair_model(model, chosen.removed, calib, repair, calib_samples) if chosen.k else model
+        repair_model(model, chosen.removed, calib, opts.repair, opts.calib_samples)
+        if chosen.k
+        else model
     )
     save_model(out / "shallow.pt", shallow, state["model_spec"], list(chosen.removed))
     report = {
-        "environment": environment(dev),
-        "checkpoint": str(checkpoint),
-        "seed": seed,
-        "model_spec": state["model_spec"],
-        "data_spec": spec,
-        "train_config": state.get("train_config"),
-        "train_history": state.get("history"),
-        "blocks": [b.to_dict() for b in found],
-        "criterion": criterion,
-        "budget": {"max_drop": max_drop, "max_macs": max_macs, "blocks": blocks},
-        "repair": {"method": repair, "calib_samples": calib_samples if repair != "none" else 0},
+        "environment": environment(dev), "checkpoint": str(checkpoint), "seed": seed,
+        "model_spec": state["model_spec"], "data_spec": spec,
+        "train_config": state.get("train_config"), "train_history": state.get("history"),
+        "blocks": [b.to_dict() for b in found], "criterion": opts.criterion,
+        "budget": {"max_drop": opts.max_drop, "max_macs": opts.max_macs, "blocks": opts.blocks},
+        "repair": {"method": opts.repair,
+                   "calib_samples": opts.calib_samples if opts.repair != "none" else 0},
         "penalized": (state.get("regularizer") or {}).get("targets"),
-        "full_macs": count_macs(model, example),
-        "scores": scores,
-        "sweeps": {k: s.to_dict() for k, s in sweeps.items()},
-        "chosen": chosen.to_dict(),
-    }
+        "full_macs": count_macs(model, example), "scores": scores,
+        "sweeps": {k: s.to_dict() for k, s in sweeps.items()}, "chosen": chosen.to_dict(),
+    }  # fmt: skip
     write_report(out, report)
     return report
 
@@ -527,30 +392,75 @@ def _announcer(enabled: bool) -> Any:
     return say
 
 
+def run_export(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    blocks: int | Sequence[str],
+    fmt: str = "pt",
+    options: CollapseConfig | None = None,
+    *,
+    device: str = "auto",
+    data_dir: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a checkpoint's model without ``blocks`` (a count, removed in ``options.criterion``
+    order, or block names), repaired by ``options.repair`` on ``options.calib_samples``
+    validation images, as ``fmt`` (``pt``, ``torchscript`` or ``onnx``, the last checked in
+    onnxruntime when installed). Returns :func:`lacoot.export.export_model`'s summary."""
+    from .blocks import remove_blocks
+    from .collapse import removal_order
+    from .export import export_model
+    from .repair import repair
+
+    opts = options or CollapseConfig()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{str(output)!r} already exists; pass --overwrite to replace it")
+    dev = resolve_device(device)
+    state = load_checkpoint(checkpoint, map_location=dev)
+    model, found, spec = model_from_checkpoint(state, checkpoint, dev)
+    names = [b.name for b in found]
+    if isinstance(blocks, int):
+        if blocks > len(found):
+            raise ValueError(f"--blocks {blocks}, but the model has only {len(found)} blocks")
+        scores = run_scoring(checkpoint, [opts.criterion], device, data_dir)
+        removed = removal_order(found, scores[opts.criterion])[:blocks]
+    else:
+        removed = list(blocks)
+        unknown = [n for n in removed if n not in names]
+        if unknown:
+            raise ValueError(f"blocks {unknown} are not collapsible; expected some of {names}")
+    if opts.repair == "none" or not removed:
+        shallow = remove_blocks(model, removed).eval()
+    else:
+        _, calib, _ = calibration_data(spec, dev, data_dir, seed)
+        shallow = repair(model, removed, calib, opts.repair, opts.calib_samples).eval()
+    example = _example(state["image_shape"], dev, batch=1)
+    return export_model(shallow, output, fmt, example, state["model_spec"], removed)
+
+
 def run_all(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any] | None:
-    """The main job: train with LaCoOT, then collapse and report into ``cfg.out``.
+    """The main job: train with LaCoOT, then collapse and report into ``cfg.out`` (with the
+    options used as ``config.yaml``).
 
     Under ``torchrun`` every process trains and rank 0 alone collapses and reports; the other
     ranks return ``None``.
     """
+    import yaml
+
     ckpt, _ = run_training(cfg, overwrite=overwrite, resume=resume)
     if env_rank() != 0:
         return None
-    no_budget = cfg.max_drop is None and cfg.max_macs is None and cfg.blocks is None
-    return run_collapse(
+    report = run_collapse(
         ckpt,
         cfg.out,
-        criterion=cfg.criterion,
-        compare=cfg.compare,
-        max_drop=DEFAULT_MAX_DROP if no_budget else cfg.max_drop,
-        max_macs=cfg.max_macs,
-        blocks=cfg.blocks,
+        cfg.collapse_config().or_default_budget(),
         device=cfg.device,
         seed=cfg.seed,
-        latency_batch_sizes=cfg.latency_batch_sizes,
-        latency_repeats=cfg.latency_repeats,
         overwrite=overwrite or resume,  # a fresh run's folder was checked to be empty
-        repair=cfg.repair,
-        calib_samples=cfg.calib_samples,
         progress=cfg.progress,
     )
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write_text(Path(cfg.out) / "config.yaml", text)
+    return report

@@ -1,0 +1,396 @@
+"""Every option of a lacoot run, declared once: its default, help text, allowed values and range.
+
+Three dataclasses hold them: :class:`TrainConfig` (the training loop), :class:`CollapseConfig`
+(scoring, sweep, budget, repair, latency) and :class:`RunConfig` (what to train on, plus both:
+one flat set of keys, the names of the command-line options). Each field is made by
+:func:`option`, which records its help text and its check beside its default; validation
+(:meth:`Options.validate`), YAML/JSON reading (:meth:`Options.from_dict`) and the ``lacoot``
+command's flags (:func:`lacoot.cli.add_options`) are derived from the fields, so a new option is
+one field in one class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, ClassVar
+
+__all__ = [
+    "Option",
+    "option",
+    "option_spec",
+    "Options",
+    "TrainConfig",
+    "CollapseConfig",
+    "RunConfig",
+    "DEFAULT_MAX_DROP",
+    "DEFAULT_TARGET_MACS",
+]
+
+DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
+DEFAULT_TARGET_MACS = 0.55  # penalise the blocks whose removal brings the MACs to 55%
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a field declares besides its default.
+
+    ``choices`` is a tuple of names or a function returning them (a registry); ``label`` makes
+    an unknown name read ``unknown <label> 'x'; valid names: ...``; ``canonical``, when given,
+    checks a name instead (it accepts aliases and raises on an unknown name). ``check`` returns
+    whether a (non-None) value is in range, ``expect`` says what is expected when it is not.
+    """
+
+    help: str
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
+    label: str | None = None
+    canonical: Callable[[str], str] | None = None
+    check: Callable[[Any], bool] | None = None
+    expect: str = ""
+
+    def names(self) -> tuple[str, ...] | None:
+        if self.choices is None:
+            return None
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """A dataclass field with ``default`` and its :class:`Option` (``help`` and ``**spec``)."""
+    meta = {"lacoot": Option(help, **spec)}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def option_spec(f: Field) -> Option:
+    """The :class:`Option` of a field made by :func:`option`."""
+    return f.metadata["lacoot"]
+
+
+def default_of(f: Field) -> Any:
+    """A field's default value (a fresh one for mutable defaults)."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def base_type(f: Field) -> str:
+    """``int``, ``float``, ``bool``, ``str``, ``dict``, ``tuple[int]`` or ``tuple[str]``: the
+    annotation without ``| None``."""
+    kind = str(f.type).replace(" | None", "")
+    if kind.startswith("tuple["):
+        return "tuple[" + kind[len("tuple[") :].split(",")[0] + "]"
+    return "dict" if kind.startswith("dict") else kind
+
+
+def _type_ok(f: Field, value: Any) -> bool:
+    if value is None:
+        return "None" in str(f.type)
+    kind = base_type(f)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind.startswith("tuple"):
+        inner = int if kind == "tuple[int]" else str
+        return isinstance(value, (list, tuple)) and all(
+            isinstance(v, inner) and not isinstance(v, bool) for v in value
+        )
+    return isinstance(value, {"str": str, "dict": dict}.get(kind, object))
+
+
+def _one_of(names: Sequence[str]) -> str:
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+class Options:
+    """Validation, reading and writing shared by the option dataclasses."""
+
+    _what: ClassVar[str] = "options"
+
+    def __post_init__(self) -> None:
+        self._normalise()
+        self.validate()
+
+    def _normalise(self) -> None:
+        """Sequences become tuples (a YAML list, a CLI list): hashable, immutable, one type."""
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if base_type(f).startswith("tuple") and isinstance(value, list):
+                setattr(self, f.name, tuple(value))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first value of a wrong type, unknown or out of range."""
+        for f in fields(self):  # type: ignore[arg-type]
+            value, spec = getattr(self, f.name), option_spec(f)
+            if not _type_ok(f, value):
+                raise ValueError(
+                    f"option {f.name}={value!r} has type {type(value).__name__}; expected "
+                    f"{str(f.type).replace('tuple', 'list')}"
+                )
+            names = spec.names()
+            for v in value if isinstance(value, tuple) else (value,):
+                if spec.canonical is not None and v is not None:
+                    spec.canonical(v)
+                elif names is not None and v is not None and v not in names:
+                    if spec.label:
+                        which = "" if f.name == spec.label else f" ({f.name}={v!r})"
+                        raise ValueError(f"unknown {spec.label} {v!r}{which}; valid names: "
+                                         f"{', '.join(names)}")  # fmt: skip
+                    raise ValueError(f"{f.name}={v!r}; expected {_one_of(names)}")
+            if spec.check is not None and value is not None and not spec.check(value):
+                raise ValueError(f"{f.name}={value!r}; expected {spec.expect}")
+        self._check()
+
+    def _check(self) -> None:
+        """Checks across options (subclasses extend it and call ``super()._check()``)."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        """Build from a mapping (a YAML file, a saved run); unknown keys are an error naming them
+        and the known ones, a value of a wrong type an error naming it."""
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls._what} {unknown}; expected some of {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain JSON/YAML values (tuples as lists)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def subset(self, cls: type) -> Any:
+        """The options of ``cls`` (a base of this class) taken from this one."""
+        return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
+
+
+def _criteria() -> tuple[str, ...]:
+    from .criteria import list_criteria
+
+    return tuple(list_criteria())
+
+
+def _datasets() -> tuple[str, ...]:
+    from .data import DATASETS
+
+    return DATASETS
+
+
+def _canonical_dataset(name: str) -> str:
+    from .data import canonical_name
+
+    return canonical_name(name)  # raises with the valid names
+
+
+def _models() -> tuple[str, ...]:
+    from .models import list_models
+
+    return tuple(list_models())
+
+
+def _repairs() -> tuple[str, ...]:
+    from .repair import REPAIRS
+
+    return REPAIRS
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _count(v: int) -> bool:
+    return v >= 1
+
+
+@dataclass
+class TrainConfig(Options):
+    """Hyper-parameters of one training run (the defaults are the ones measured best:
+    docs/benchmarks/collapse_quality.md)."""
+
+    _what: ClassVar[str] = "training options"
+
+    epochs: int = option(4, "training epochs (passes over the training split)", check=_count,
+                         expect="an integer > 0")  # fmt: skip
+    lam: float = option(
+        1.0, "weight lambda of the MSW penalty (0: vanilla training)",
+        check=lambda v: v >= 0 and math.isfinite(v), expect="lam >= 0",
+    )  # fmt: skip
+    optimizer: str = option("sgd", "optimiser: sgd (momentum, nesterov) or adamw",
+                            choices=("sgd", "adamw"))  # fmt: skip
+    lr: float = option(0.1, "peak learning rate", check=_positive, expect="lr > 0")
+    momentum: float = option(0.9, "SGD momentum", check=lambda v: 0 <= v < 1,
+                             expect="0 <= momentum < 1")  # fmt: skip
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float = option(5e-4, "weight decay", check=lambda v: v >= 0, expect=">= 0")
+    schedule: str = option("onecycle", "learning-rate schedule (per step)",
+                           choices=("multistep", "cosine", "onecycle", "constant"))  # fmt: skip
+    milestones: tuple[int, ...] = option(
+        (80, 120), "multistep: epochs at which lr is multiplied by gamma"
+    )
+    gamma: float = option(0.1, "multistep: lr factor", check=lambda v: 0 < v <= 1,
+                          expect="0 < gamma <= 1")  # fmt: skip
+    seed: int = option(0, "random seed (recorded with the results)")
+    amp: bool = option(True, "bfloat16 mixed precision (autocast) on CUDA only")
+    method: str = option("random", "MSW estimator during training (random: 50 directions, as "
+                         "the paper)", choices=("ascent", "random"))  # fmt: skip
+    n_projections: int = option(50, "random directions of the random estimator", check=_count,
+                                expect=">= 1")  # fmt: skip
+    n_iters: int = option(2, "ascent steps per training step", check=lambda v: v >= 0,
+                          expect=">= 0")  # fmt: skip
+    grad_clip: float | None = option(None, "largest gradient norm (none: no clipping)",
+                                     check=_positive, expect="> 0")  # fmt: skip
+    nonfinite: str = option("stop", "on a non-finite loss: stop (keep the last checkpoint) or "
+                            "skip the batch", choices=("stop", "skip"))  # fmt: skip
+    global_msw: bool = option(False, "under torchrun: the MSW penalty on the global batch "
+                              "(features of all processes gathered)")  # fmt: skip
+    sync_bn: bool = option(False, "under torchrun: batch-norm statistics over the global batch")
+    relative: bool = option(False, "divide each block's MSW by its input's principal spread "
+                            "(scale-free penalty)")  # fmt: skip
+    penalize: tuple[str, ...] = option((), "glob patterns of the blocks to penalise, e.g. "
+                                       "'layer*.2' (default: all blocks)")  # fmt: skip
+    target_blocks: int | None = option(
+        None, "penalise only the K blocks ranked cheapest to remove after the warm-up",
+        check=_count, expect="a count >= 1",
+    )  # fmt: skip
+    target_macs: float | None = option(
+        DEFAULT_TARGET_MACS, "penalise only the blocks whose removal brings the MACs to this "
+        "fraction (1: no budget, every block penalised; yields to --penalize and "
+        "--target-blocks)", check=lambda v: 0 < v <= 1, expect="a fraction in (0, 1] (1: no "
+        "budget)",
+    )  # fmt: skip
+    target_warmup: int = option(
+        1, "epochs with every block penalised before the targets are chosen (at most epochs - 1)",
+        check=lambda v: v >= 0, expect="an integer >= 0 (epochs)",
+    )  # fmt: skip
+    target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "
+                                   "are chosen", choices=_criteria, label="criterion")  # fmt: skip
+
+    def _normalise(self) -> None:
+        super()._normalise()
+        if (self.penalize or self.target_blocks is not None) and (
+            self.target_macs == DEFAULT_TARGET_MACS
+        ):  # the default budget yields to the blocks the user names or counts
+            self.target_macs = None
+
+    def _check(self) -> None:
+        if self.target_blocks is not None and self.target_macs and self.target_macs < 1:
+            raise ValueError(
+                f"target_blocks={self.target_blocks!r} and target_macs={self.target_macs!r}; "
+                "expected at most one budget"
+            )
+        if self.targeted and self.penalize:  # penalize with target_macs=1 is fine
+            raise ValueError(
+                "penalize and target_blocks/target_macs both choose the penalised blocks; "
+                "expected one of them"
+            )
+        super()._check()
+
+    @property
+    def targeted(self) -> bool:
+        """Whether the penalised blocks are chosen by a budget during training."""
+        return self.target_blocks is not None or (
+            self.target_macs is not None and self.target_macs < 1
+        )
+
+    @classmethod
+    def same_run(cls, saved: Any, cfg: TrainConfig) -> bool:
+        """Whether a checkpoint's ``train_config`` mapping describes the run ``cfg`` (options
+        added to lacoot after the checkpoint was written take their defaults)."""
+        try:
+            return cls.from_dict(dict(saved)).to_dict() == cfg.to_dict()
+        except (TypeError, ValueError):
+            return False
+
+
+@dataclass
+class CollapseConfig(Options):
+    """How a trained model is scored, swept, repaired, timed and cut to a budget."""
+
+    _what: ClassVar[str] = "collapse options"
+
+    criterion: str = option("greedy", "block order", choices=_criteria, label="criterion")
+    compare: tuple[str, ...] = option(("cosine",), "other block orders measured for comparison",
+                                      choices=_criteria, label="criterion")  # fmt: skip
+    max_drop: float | None = option(
+        None, "largest validation-accuracy drop allowed, in percentage points (run: "
+        f"{DEFAULT_MAX_DROP} when no other budget is given)", check=lambda v: v >= 0,
+        expect=">= 0 percentage points",
+    )  # fmt: skip
+    max_macs: float | None = option(None, "largest MACs allowed, as a fraction of the full "
+                                    "model's", check=lambda v: 0 < v <= 1,
+                                    expect="a fraction in (0, 1]")  # fmt: skip
+    blocks: int | None = option(None, "remove exactly this many blocks", check=lambda v: v >= 0,
+                                expect="a count >= 0")  # fmt: skip
+    repair: str = option("linear", "training-free repair of each collapse: none, bn "
+                         "(re-estimated batch norm) or linear (least-squares 1x1 patches, then "
+                         "bn)", choices=_repairs)  # fmt: skip
+    calib_samples: int = option(2048, "calibration images (validation split) of each repair",
+                                check=_count, expect="an integer >= 1")  # fmt: skip
+    latency_batch_sizes: tuple[int, ...] = option(
+        (1, 128), "batch sizes at which latency is measured",
+        check=lambda v: all(b >= 1 for b in v), expect="batch sizes >= 1",
+    )  # fmt: skip
+    latency_repeats: int = option(10, "timed repeats per latency measurement (median reported)",
+                                  check=_count, expect=">= 1")  # fmt: skip
+
+    @property
+    def has_budget(self) -> bool:
+        return not (self.max_drop is None and self.max_macs is None and self.blocks is None)
+
+    def or_default_budget(self) -> CollapseConfig:
+        """These options, with ``max_drop = DEFAULT_MAX_DROP`` when no budget is given."""
+        if self.has_budget:
+            return self
+        return type(self)(**{**self.__dict__, "max_drop": DEFAULT_MAX_DROP})
+
+
+@dataclass
+class _Job(Options):
+    """What a run trains on and where it writes."""
+
+    model: str = option("resnet20", "zoo model name", choices=_models, label="model")
+    model_args: dict[str, Any] = option({}, "extra model constructor argument KEY=VALUE "
+                                        "(repeatable), e.g. stem=imagenet")  # fmt: skip
+    dataset: str = option("fashion-mnist", "dataset", choices=_datasets,
+                          canonical=_canonical_dataset)  # fmt: skip
+    data_dir: str | None = option(None, "folder of the dataset files (none: $LACOOT_DATA, "
+                                  "then system folders)")  # fmt: skip
+    val_fraction: float = option(0.1, "fraction of the training set held out for validation "
+                                 "and scoring", check=lambda v: 0 <= v < 1,
+                                 expect="0 <= value < 1")  # fmt: skip
+    batch_size: int = option(128, "training batch size (the global batch under torchrun)",
+                             check=lambda v: v >= 2, expect="an integer >= 2")  # fmt: skip
+    augment: bool = option(True, "random crop with padding (+ flip where label-preserving) on "
+                           "the training batches")  # fmt: skip
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    out: str = option("runs/lacoot", "output folder (checkpoint, logs, report)")
+    progress: bool = option(True, "progress bars and phase lines")
+
+
+@dataclass
+class RunConfig(CollapseConfig, TrainConfig, _Job):
+    """Everything one ``lacoot`` run depends on (flat: the keys are the command-line options)."""
+
+    _what: ClassVar[str] = "options"
+
+    def train_config(self) -> TrainConfig:
+        return self.subset(TrainConfig)
+
+    def collapse_config(self) -> CollapseConfig:
+        return self.subset(CollapseConfig)
+
+    def data_spec(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "data_dir": self.data_dir,
+            "val_fraction": self.val_fraction,
+            "split_seed": self.seed,
+            "batch_size": self.batch_size,
+            "augment": self.augment,
+        }
