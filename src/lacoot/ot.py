@@ -321,6 +321,144 @@ def _ascend_direction(
     return theta, val
 
 
+def _msw_random(
+    X: Tensor,
+    Y: Tensor,
+    p: float,
+    *,
+    projections: Tensor | None,
+    n_projections: int,
+    seed: SeedLike,
+    validate: bool,
+) -> tuple[Tensor, Tensor]:
+    """``method="random"``: the best of the candidate directions.
+
+    ``X: (n, d)`` and ``Y: (m, d)`` are checked clouds in the compute dtype; the candidates are
+    ``projections: (d, L)`` or ``n_projections`` random unit directions. Returns ``W_p^p`` along the
+    best candidate (scalar, differentiable with respect to ``X`` and ``Y``) and that candidate
+    ``(d,)``.
+    """
+    proj = _resolve_projections(X, projections, n_projections, seed)
+    px, py = X @ proj, Y @ proj
+    if validate:
+        _check_finite(X, Y, px, py)
+    values = _wasserstein_1d_pow(px.T, py.T, p)
+    k = torch.argmax(values.detach())
+    return values[k], proj[:, k]
+
+
+def _ascent_starts(
+    X: Tensor,
+    Y: Tensor,
+    *,
+    projections: Tensor | None,
+    n_projections: int,
+    seed: SeedLike,
+    n_starts: int,
+    init: Tensor | None,
+    validate: bool,
+) -> Tensor:
+    """Unit start directions ``(d, K)``, ``K >= 1``, of the ascent, from detached ``X: (n, d)``
+    and ``Y: (m, d)``.
+
+    In order: ``init`` (``(d,)`` or ``(d, k)``) or, without one, the difference of the means; then
+    the given ``projections: (d, L)``; then ``n_starts`` random directions. Zero columns are
+    dropped; if none is left, one random direction is used.
+    """
+    d = X.shape[1]
+    starts: list[Tensor] = []
+    if init is not None:
+        init = init.detach().to(device=X.device, dtype=X.dtype)
+        init = init.unsqueeze(1) if init.dim() == 1 else init
+        if init.dim() != 2 or init.shape[0] != d:
+            raise ValueError(f"init has shape {tuple(init.shape)}; expected ({d},) or ({d}, k)")
+        starts.append(init)
+    else:
+        # Cold start: the difference of the means, as matrix-vector products (faster than a
+        # column reduction for n << d).
+        mean_x = X.T @ X.new_full((X.shape[0],), 1.0 / X.shape[0])
+        mean_y = Y.T @ Y.new_full((Y.shape[0],), 1.0 / Y.shape[0])
+        if validate:
+            _check_finite(X, Y, mean_x, mean_y)
+        starts.append((mean_x - mean_y).unsqueeze(1))
+    if projections is not None:
+        starts.append(_resolve_projections(X, projections, n_projections, seed))
+    if n_starts > 0:
+        starts.append(random_projections(d, n_starts, seed, X.device, X.dtype))
+    cand = torch.cat(starts, dim=1)
+    norms = cand.norm(dim=0)
+    cand = cand[:, norms > 0] / norms[norms > 0]  # equal means give a zero start
+    if cand.shape[1] == 0:
+        cand = random_projections(d, 1, seed, X.device, X.dtype)
+    return cand
+
+
+def _project_starts(X: Tensor, Y: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    """Projections ``(K, n)`` and ``(K, m)`` of ``X: (n, d)`` and ``Y: (m, d)`` on the columns of
+    ``cand: (d, K)``: matrix-vector products for a few, one product for many (for ``n << d`` the
+    latter is slower per column)."""
+    if cand.shape[1] <= 4:
+        proj_x = torch.stack([X @ c for c in cand.unbind(1)])
+        proj_y = torch.stack([Y @ c for c in cand.unbind(1)])
+        return proj_x, proj_y
+    return (X @ cand).T, (Y @ cand).T
+
+
+def _msw_ascent(
+    X: Tensor,
+    Y: Tensor,
+    p: float,
+    *,
+    projections: Tensor | None,
+    n_projections: int,
+    seed: SeedLike,
+    n_iters: int,
+    n_starts: int,
+    n_ascend: int,
+    init: Tensor | None,
+    tol: float,
+    validate: bool,
+) -> tuple[Tensor, Tensor]:
+    """``method="ascent"``: rank the starts, ascend the ``n_ascend`` best, keep the best found.
+
+    ``X: (n, d)`` and ``Y: (m, d)`` are checked clouds in the compute dtype. Returns ``W_p^p`` along
+    the best direction (scalar; recomputed through ``X`` and ``Y`` when either requires grad) and
+    that unit direction ``(d,)``.
+    """
+    if n_iters < 0 or n_starts < 0 or n_ascend < 1:
+        raise ValueError(
+            f"need n_iters >= 0, n_starts >= 0 and n_ascend >= 1; got n_iters={n_iters}, "
+            f"n_starts={n_starts}, n_ascend={n_ascend}"
+        )
+    Xd, Yd = X.detach(), Y.detach()
+    cand = _ascent_starts(
+        Xd,
+        Yd,
+        projections=projections,
+        n_projections=n_projections,
+        seed=seed,
+        n_starts=n_starts,
+        init=init,
+        validate=validate,
+    )
+    proj_x, proj_y = _project_starts(Xd, Yd, cand)
+    if validate and init is not None:
+        _check_finite(X, Y, proj_x, proj_y)
+    values = _wasserstein_1d_pow(proj_x, proj_y, p)
+    best: Tensor | None = None
+    direction = cand[:, 0]
+    for k in values.topk(min(n_ascend, cand.shape[1])).indices.tolist():
+        theta, val = _ascend_direction(
+            Xd, Yd, cand[:, k], p, n_iters, tol, projected=(proj_x[k], proj_y[k])
+        )
+        if best is None or val > best:
+            best, direction = val, theta
+    if X.requires_grad or Y.requires_grad:
+        return _wasserstein_1d_pow(X @ direction, Y @ direction, p), direction
+    assert best is not None  # n_ascend >= 1 and cand has a column: one start was ascended
+    return best, direction
+
+
 def max_sliced_wasserstein(
     X: Tensor,
     Y: Tensor,
@@ -399,67 +537,30 @@ def max_sliced_wasserstein(
     p = _check_p(p)
     X, Y = _check_clouds(X, Y)
     if method == "random":
-        proj = _resolve_projections(X, projections, n_projections, seed)
-        px, py = X @ proj, Y @ proj
-        if validate:
-            _check_finite(X, Y, px, py)
-        values = _wasserstein_1d_pow(px.T, py.T, p)
-        k = torch.argmax(values.detach())
-        value, direction = values[k], proj[:, k]
+        value, direction = _msw_random(
+            X,
+            Y,
+            p,
+            projections=projections,
+            n_projections=n_projections,
+            seed=seed,
+            validate=validate,
+        )
     elif method == "ascent":
-        if n_iters < 0 or n_starts < 0 or n_ascend < 1:
-            raise ValueError(
-                f"need n_iters >= 0, n_starts >= 0 and n_ascend >= 1; got n_iters={n_iters}, "
-                f"n_starts={n_starts}, n_ascend={n_ascend}"
-            )
-        d = X.shape[1]
-        Xd, Yd = X.detach(), Y.detach()
-        starts: list[Tensor] = []
-        if init is not None:
-            init = init.detach().to(device=X.device, dtype=X.dtype)
-            init = init.unsqueeze(1) if init.dim() == 1 else init
-            if init.dim() != 2 or init.shape[0] != d:
-                raise ValueError(f"init has shape {tuple(init.shape)}; expected ({d},) or ({d}, k)")
-            starts.append(init)
-        else:
-            # Cold start: the difference of the means, as matrix-vector products (faster than a
-            # column reduction for n << d).
-            mean_x = Xd.T @ Xd.new_full((Xd.shape[0],), 1.0 / Xd.shape[0])
-            mean_y = Yd.T @ Yd.new_full((Yd.shape[0],), 1.0 / Yd.shape[0])
-            if validate:
-                _check_finite(X, Y, mean_x, mean_y)
-            starts.append((mean_x - mean_y).unsqueeze(1))
-        if projections is not None:
-            starts.append(_resolve_projections(X, projections, n_projections, seed))
-        if n_starts > 0:
-            starts.append(random_projections(d, n_starts, seed, X.device, X.dtype))
-        cand = torch.cat(starts, dim=1)
-        norms = cand.norm(dim=0)
-        cand = cand[:, norms > 0] / norms[norms > 0]  # equal means give a zero start
-        if cand.shape[1] == 0:
-            cand = random_projections(d, 1, seed, X.device, X.dtype)
-        # Rank every start by its value (matrix-vector products for a few, one product for many:
-        # for n << d the latter is slower per column), then ascend the best ones.
-        if cand.shape[1] <= 4:
-            proj_x = torch.stack([Xd @ c for c in cand.unbind(1)])  # (K, n)
-            proj_y = torch.stack([Yd @ c for c in cand.unbind(1)])  # (K, m)
-        else:
-            proj_x, proj_y = (Xd @ cand).T, (Yd @ cand).T
-        if validate and init is not None:
-            _check_finite(X, Y, proj_x, proj_y)
-        values = _wasserstein_1d_pow(proj_x, proj_y, p)
-        best_val, direction = None, cand[:, 0]
-        for k in values.topk(min(n_ascend, cand.shape[1])).indices.tolist():
-            theta, val = _ascend_direction(
-                Xd, Yd, cand[:, k], p, n_iters, tol, projected=(proj_x[k], proj_y[k])
-            )
-            if best_val is None or val > best_val:
-                best_val, direction = val, theta
-        best = best_val
-        if X.requires_grad or Y.requires_grad:
-            value = _wasserstein_1d_pow(X @ direction, Y @ direction, p)
-        else:
-            value = best
+        value, direction = _msw_ascent(
+            X,
+            Y,
+            p,
+            projections=projections,
+            n_projections=n_projections,
+            seed=seed,
+            n_iters=n_iters,
+            n_starts=n_starts,
+            n_ascend=n_ascend,
+            init=init,
+            tol=tol,
+            validate=validate,
+        )
     else:
         raise ValueError(f"method={method!r} is not known; expected 'random' or 'ascent'")
     value = _safe_root(value, p)
