@@ -19,8 +19,12 @@ model's; ties (or no such point) go to the higher mean validation accuracy over 
 Every training run has its own folder under ``--work`` and is skipped when its final checkpoint
 exists and was trained with this configuration (a partial one is resumed exactly); finished
 vanilla/LaCoOT checkpoints of an identical configuration under ``--reuse`` (the folders of
-``benchmarks/lambda_choice.py``) are used instead of training again. Measurements are cached in
-``--work``/eval_cache.json, keyed by checkpoint content and removed blocks.
+``benchmarks/lambda_choice.py``) are used instead of training again.
+
+Every curve is one :func:`lacoot.collapse.sweep` (unrepaired: ``repair="none"``, no latency), its
+points :meth:`lacoot.collapse.SweepPoint.to_dict`; the from-scratch and healed models are measured
+by the same sweep over no blocks. Sweeps are cached in ``--work``/sweep_cache.json, keyed by data,
+checkpoint content and removal order.
 
     python benchmarks/tradeoff.py --lams 0 0.1 1.0 --epochs 4
 """
@@ -28,13 +32,15 @@ vanilla/LaCoOT checkpoints of an identical configuration under ``--reuse`` (the 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +49,9 @@ from torch import nn
 
 from lacoot._io import atomic_write_text
 from lacoot.blocks import Block, remove_blocks
-from lacoot.collapse import removal_order
+from lacoot.collapse import Sweep, SweepPoint, removal_order, sweep
 from lacoot.criteria import score_blocks
+from lacoot.data.sources import sha256_file
 from lacoot.pipeline import (
     Data,
     RunConfig,
@@ -54,13 +61,14 @@ from lacoot.pipeline import (
     prepare_data,
     run_training,
 )
-from lacoot.profile import count_macs, count_params, evaluate_accuracy
+from lacoot.report import _fmt as _f
 from lacoot.report import markdown_table, save_figure
 from lacoot.train import CheckpointError, TrainConfig, load_checkpoint, resolve_device, train
 
 MAX_DROP = 1.0  # points of test accuracy below the vanilla full model (the goal)
 MAX_MACS = 0.5  # fraction of the full model's MACs (the goal: at least half removed)
 ORDERS = ("msw", "msw_rel", "cosine", "depth")  # deterministic orders; "random" apart
+REPAIR = "none"  # every measurement is of the plain collapse (no training-free repair)
 
 
 # ----------------------------------------------------------------------------------- arguments
@@ -130,14 +138,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def checkpoint_status(path: Path, train_config: dict[str, Any], meta: dict[str, Any]) -> str:
     """``final``, ``partial`` (same configuration, fewer epochs), ``missing`` or ``mismatch: ...``.
 
@@ -178,8 +178,9 @@ def run_config(args: argparse.Namespace, lam: float) -> RunConfig:
     )
 
 
-class Evaluator:
-    """Validation/test accuracy, MACs and parameters of a model, cached on disk."""
+class SweepCache:
+    """:func:`lacoot.collapse.sweep` of a model (unrepaired, no latency), cached on disk by data,
+    weights and removal order; the points as :meth:`lacoot.collapse.SweepPoint.to_dict`."""
 
     def __init__(self, path: Path, data: Data, example: torch.Tensor, data_key: str) -> None:
         self.path = path
@@ -194,19 +195,35 @@ class Evaluator:
                 self.cache = {}
         self.dirty = False
 
-    def measure(self, model: nn.Module, source: str, removed: Sequence[str]) -> dict[str, Any]:
-        """``source`` identifies the weights (a checkpoint digest); ``removed`` the blocks gone."""
-        key = f"{self.data_key}|{source}|{','.join(sorted(removed))}"
+    def curve(
+        self,
+        model: nn.Module,
+        source: str,
+        blocks: Sequence[Block],
+        scores: Mapping[str, float],
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """The removal order of ``scores`` and its points ``k = 0..K`` (the first ``k`` blocks
+        removed); ``source`` identifies the weights (a checkpoint digest)."""
+        order = removal_order(blocks, scores)
+        key = f"{self.data_key}|{REPAIR}|{source}|{','.join(order)}"
         if key not in self.cache:
-            shallow = remove_blocks(model, removed) if removed else model
-            self.cache[key] = {
-                "val_accuracy": evaluate_accuracy(shallow, self.data.val),
-                "test_accuracy": evaluate_accuracy(shallow, self.data.test),
-                "macs": count_macs(shallow, self.example),
-                "params": count_params(shallow),
-            }
+            measured = sweep(
+                model,
+                blocks,
+                scores,
+                self.data.val,
+                self.data.test,
+                example_input=self.example,
+                latency_batch_sizes=(),
+                repair=REPAIR,
+            )
+            self.cache[key] = measured.to_dict()
             self.dirty = True
-        return {"removed": list(removed), **self.cache[key]}
+        return order, copy.deepcopy(self.cache[key]["points"])
+
+    def measure(self, model: nn.Module, source: str) -> dict[str, Any]:
+        """The model as it is (a sweep over no blocks: its point ``k = 0``)."""
+        return self.curve(model, source, [], {})[1][0]
 
     def save(self) -> None:
         if self.dirty:
@@ -214,11 +231,19 @@ class Evaluator:
             self.dirty = False
 
 
-def curve(
-    ev: Evaluator, model: nn.Module, source: str, order: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Points ``k = 0..K``: the first ``k`` blocks of ``order`` removed."""
-    return [{"k": k, **ev.measure(model, source, order[:k])} for k in range(len(order) + 1)]
+def as_sweep(points: Sequence[dict[str, Any]]) -> Sweep:
+    """A curve of the record (:meth:`SweepPoint.to_dict` points) as a :class:`Sweep` again."""
+    pts = tuple(
+        SweepPoint(
+            **{
+                **p,
+                "removed": tuple(p["removed"]),
+                "latency_ms": {int(b): t for b, t in p["latency_ms"].items()},
+            }
+        )
+        for p in points
+    )
+    return Sweep(order=pts[-1].removed, points=pts, repair=REPAIR)
 
 
 def random_summary(seed_curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -269,7 +294,7 @@ def train_lam(
 
 def train_and_measure(
     args: argparse.Namespace,
-    ev: Evaluator,
+    sweeps: SweepCache,
     folder: Path,
     model: nn.Module,
     tc: TrainConfig,
@@ -282,7 +307,7 @@ def train_and_measure(
     it; the point records where it came from and its training history."""
     model, ckpt, source = train_shallow(args, folder, model, tc, meta, device)
     state = load_checkpoint(ckpt)
-    point = ev.measure(model, file_digest(ckpt), [])
+    point = sweeps.measure(model, sha256_file(ckpt))
     point.update(
         k=k,
         removed=removed,
@@ -291,7 +316,7 @@ def train_and_measure(
         train_seconds=sum(r["seconds"] for r in state["history"]),
         history=state["history"],
     )
-    ev.save()
+    sweeps.save()
     return point
 
 
@@ -354,7 +379,8 @@ def judge(
     pts = best["curves"]["msw"]
     full_macs = pts[0]["macs"]
     half = [p for p in pts if p["macs"] <= MAX_MACS * full_macs]
-    chosen = max(half, key=lambda p: (p["val_accuracy"], -p["macs"])) if half else None
+    # the library's budgeted choice: best validation accuracy within the MACs, fewer MACs on ties
+    chosen = pts[as_sweep(pts).best(max_macs=MAX_MACS).k] if half else None
     oracle = [p for p in half if p["test_accuracy"] >= floor - 1e-9]
     part1 = {
         "vanilla_full_test_accuracy": ref_test,
@@ -474,30 +500,37 @@ def plot(path: Path, record: dict[str, Any]) -> bool:
     return True
 
 
-def _f(x: float | None, spec: str = ".2f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def render_markdown(record: dict[str, Any]) -> str:
-    cfg, env, goal = record["config"], record["environment"], record["goal"]
-    models = record["models"]
-    best = next(r for r in models if r["lam"] == record["best_lam"])
-    vanilla = next(r for r in models if r["lam"] == 0)
-    K = len(best["curves"]["msw"]) - 1
-    p1, p2 = goal["part1"], goal["part2"]
-    yes = {True: "**MET**", False: "**NOT MET**"}
+    """The Markdown report of a record (:func:`main`'s JSON)."""
     out = [
+        *_md_header(record),
+        *_md_goal(record),
+        *_md_lambda_choice(record),
+        *_md_curves(record),
+        *_md_shallow(record),
+        f"Full data in `{Path(record['config']['out']).name}.json` (per point: removed blocks, "
+        "validation and test accuracy, MACs, parameters; block scores; training histories).\n",
+    ]
+    return "\n".join(out)
+
+
+def _model(record: dict[str, Any], lam: float) -> dict[str, Any]:
+    return next(r for r in record["models"] if r["lam"] == lam)
+
+
+def _md_header(record: dict[str, Any]) -> list[str]:
+    cfg, env, tc = record["config"], record["environment"], record["train_config"]
+    return [
         f"# Accuracy against depth and MACs: LaCoOT, vanilla, block orders, from scratch "
         f"({cfg['model']}, {cfg['dataset']})\n",
         f"- command: `{record['command']}`",
         f"- date: {env['date']}; device {env['device']}, {env['cpu_threads']} threads; "
         f"torch {env['torch']}; lacoot {env['lacoot']}; {env['platform']}",
         f"- seed {cfg['seed']}; every model trained {cfg['epochs']} epochs with one schedule "
-        f"({record['train_config']['optimizer']} lr {record['train_config']['lr']}, "
-        f"{record['train_config']['schedule']}, batch {cfg['batch_size']}); the vanilla model "
-        "is lambda = 0",
-        f"- random order: mean ± sample std over seeds {vanilla['random_seeds']} (the same orders "
-        "for every model)",
+        f"({tc['optimizer']} lr {tc['lr']}, {tc['schedule']}, batch {cfg['batch_size']}); the "
+        "vanilla model is lambda = 0",
+        f"- random order: mean ± sample std over seeds {_model(record, 0)['random_seeds']} (the "
+        "same orders for every model)",
         "- from scratch: the architecture left by the best LaCoOT model's `msw` order at k, "
         "trained from initialisation without penalty, same schedule and data",
         f"- healed: the best LaCoOT model collapsed at k, fine-tuned {cfg['heal_epochs']} "
@@ -505,6 +538,25 @@ def render_markdown(record: dict[str, Any]) -> str:
         if record["healed"]
         else "- healing: off",
         "",
+    ]
+
+
+def _ks(ks: Sequence[int]) -> str:
+    return ", ".join(map(str, ks))
+
+
+def _md_goal(record: dict[str, Any]) -> list[str]:
+    goal = record["goal"]
+    p1, p2, chosen = goal["part1"], goal["part2"], goal["part1"]["val_chosen"]
+    yes = {True: "**MET**", False: "**NOT MET**"}
+    part1 = (
+        "No collapse of the best LaCoOT model reaches half the MACs."
+        if chosen is None
+        else f"Among its `msw` collapses with <= {MAX_MACS:.0%} of the MACs, validation accuracy "
+        f"picks k = {chosen['k']} ({chosen['macs_fraction']:.1%} of the MACs): test accuracy "
+        f"{chosen['test_accuracy']:.2f}%."
+    )
+    return [
         "## Goal\n",
         f"With LaCoOT: (1) at least half of the MACs removed for at most {MAX_DROP:.1f} point "
         "below the vanilla full-depth test accuracy, and (2) higher test accuracy than the "
@@ -513,24 +565,12 @@ def render_markdown(record: dict[str, Any]) -> str:
         f"- **Overall: {yes[goal['met']].strip('*')}.**",
         f"- Part 1: {yes[p1['met']]}. Vanilla full-depth test accuracy "
         f"{p1['vanilla_full_test_accuracy']:.2f}%, floor {p1['test_accuracy_floor']:.2f}%. "
-        + (
-            "No collapse of the best LaCoOT model reaches half the MACs."
-            if p1["val_chosen"] is None
-            else (
-                f"Among its `msw` collapses with <= {MAX_MACS:.0%} of the MACs, validation "
-                f"accuracy picks k = {p1['val_chosen']['k']} "
-                f"({p1['val_chosen']['macs_fraction']:.1%} of the MACs): test accuracy "
-                f"{p1['val_chosen']['test_accuracy']:.2f}%."
-            )
-        )
-        + " Points of its test curve meeting part 1 (k): "
-        + (", ".join(map(str, p1["test_curve_points_meeting"])) or "none")
-        + "; healed points meeting it (k): "
-        + (", ".join(map(str, p1["healed_points_meeting"])) or "none")
-        + ".",
+        f"{part1} Points of its test curve meeting part 1 (k): "
+        f"{_ks(p1['test_curve_points_meeting']) or 'none'}; healed points meeting it (k): "
+        f"{_ks(p1['healed_points_meeting']) or 'none'}.",
         f"- Part 2: {yes[p2['met']]} against the best vanilla order at each k, counting every "
         "random seed as an order"
-        + ("" if p2["met"] else f" (fails at k = {', '.join(map(str, p2['failing_k']))})")
+        + ("" if p2["met"] else f" (fails at k = {_ks(p2['failing_k'])})")
         + f"; {yes[p2['met_vs_random_mean']]} when random counts by its mean.",
         "",
         markdown_table(
@@ -545,52 +585,60 @@ def render_markdown(record: dict[str, Any]) -> str:
                 for r in p2["per_k"]
             ],
         ),
+    ]
+
+
+def _md_lambda_choice(record: dict[str, Any]) -> list[str]:
+    headers = [
+        "lambda", "full val %", "full test %", "fewest MACs within budget (val)",
+        "mean val % over k", "checkpoint", "training",
+    ]  # fmt: skip
+    rows = []
+    for r in record["models"]:
+        full, selection = r["curves"]["msw"][0], r.get("selection") or {}
+        rows.append(
+            [
+                f"{r['lam']:g}" + (" (best)" if r["lam"] == record["best_lam"] else ""),
+                f"{full['val_accuracy']:.2f}",
+                f"{full['test_accuracy']:.2f}",
+                _f(selection.get("min_macs_fraction_within_val_budget"), ".1%"),
+                _f(selection.get("mean_val_accuracy")),
+                f"`{r['checkpoint']}` ({r['source']})",
+                f"{r['train_seconds'] / 60:.1f} min",
+            ]
+        )
+    return [
         "## Choice of lambda (validation only)\n",
         "The LaCoOT model whose `msw` collapse reaches the fewest MACs with validation accuracy "
         f"within {MAX_DROP:.1f} point of the vanilla full model's "
-        f"({vanilla['curves']['msw'][0]['val_accuracy']:.2f}%); ties or no such point: higher "
-        "mean validation accuracy over k.\n",
-        markdown_table(
-            [
-                "lambda",
-                "full val %",
-                "full test %",
-                "fewest MACs within budget (val)",
-                "mean val % over k",
-                "checkpoint",
-                "training",
-            ],  # fmt: skip
-            [
-                [
-                    f"{r['lam']:g}" + (" (best)" if r["lam"] == record["best_lam"] else ""),
-                    f"{r['curves']['msw'][0]['val_accuracy']:.2f}",
-                    f"{r['curves']['msw'][0]['test_accuracy']:.2f}",
-                    _f(
-                        (r.get("selection") or {}).get("min_macs_fraction_within_val_budget"), ".1%"
-                    ),  # fmt: skip
-                    _f((r.get("selection") or {}).get("mean_val_accuracy")),
-                    f"`{r['checkpoint']}` ({r['source']})",
-                    f"{r['train_seconds'] / 60:.1f} min",
-                ]
-                for r in models
-            ],
-        ),
+        f"({_model(record, 0)['curves']['msw'][0]['val_accuracy']:.2f}%); ties or no such point: "
+        "higher mean validation accuracy over k.\n",
+        markdown_table(headers, rows),
     ]
-    # the big table: rows k, columns curves
-    columns: list[tuple[str, list[dict[str, Any]] | None, bool]] = []
-    for r in sorted(models, key=lambda r: (r["lam"] != record["best_lam"], r["lam"])):
+
+
+def _columns(record: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]], bool]]:
+    """The curves of the big tables: (name, points by k, is random), the best model first."""
+    columns = []
+    for r in sorted(record["models"], key=lambda r: (r["lam"] != record["best_lam"], r["lam"])):
         name = "vanilla" if r["lam"] == 0 else f"λ={r['lam']:g}"
         for order in (*ORDERS, "random"):
             pts = r["curves"]["random_mean" if order == "random" else order]
             columns.append((f"{name} {order}", pts, order == "random"))
+    return columns
+
+
+def _md_curves(record: dict[str, Any]) -> list[str]:
+    """The big tables: rows k, columns curves (test accuracy, then MACs)."""
+    columns = _columns(record)
+    best = _model(record, record["best_lam"])["curves"]["msw"]
+    full = best[0]["macs"]
     by_k = {key: {p["k"]: p for p in record[key]} for key in ("scratch", "healed")}
     headers = ["k", f"MACs (M), λ={record['best_lam']:g} msw", "MACs %"]
     headers += [c[0] for c in columns] + ["from scratch", "healed"]
     rows = []
-    full = best["curves"]["msw"][0]["macs"]
-    for k in range(K + 1):
-        m = best["curves"]["msw"][k]["macs"]
-        row = [k, f"{m / 1e6:.2f}", f"{m / full:.1%}"]
+    for k, point in enumerate(best):
+        row = [k, f"{point['macs'] / 1e6:.2f}", f"{point['macs'] / full:.1%}"]
         for _, pts, is_random in columns:
             p = pts[k]
             row.append(
@@ -601,7 +649,7 @@ def render_markdown(record: dict[str, Any]) -> str:
         for key in ("scratch", "healed"):
             row.append(_f(by_k[key][k]["test_accuracy"]) if k in by_k[key] else "-")
         rows.append(row)
-    out += [
+    return [
         "## Test accuracy (%) after removing k blocks\n",
         "Columns are model and block order (random: mean ± std). The MACs column is that of the "
         "best LaCoOT model's `msw` order (the from-scratch and healed models have the same "
@@ -610,16 +658,21 @@ def render_markdown(record: dict[str, Any]) -> str:
         "## MACs (% of the full model) after removing k blocks\n",
         markdown_table(
             ["k", *[c[0] for c in columns]],
-            [[k] + [f"{c[1][k]['macs'] / full:.1%}" for c in columns] for k in range(K + 1)],
+            [[k] + [f"{c[1][k]['macs'] / full:.1%}" for c in columns] for k in range(len(best))],
         ),
     ]
-    extra = [
+
+
+def _md_shallow(record: dict[str, Any]) -> list[str]:
+    """The from-scratch and healed models beside the collapsed LaCoOT model (none: nothing)."""
+    best = _model(record, record["best_lam"])["curves"]["msw"]
+    rows = [
         [
             kind,
             p["k"],
             f"{p['val_accuracy']:.2f}",
             f"{p['test_accuracy']:.2f}",
-            f"{best['curves']['msw'][p['k']]['test_accuracy']:.2f}",
+            f"{best[p['k']]['test_accuracy']:.2f}",
             f"{p['macs'] / 1e6:.2f}",
             f"{p['params'] / 1e3:.1f}",
             f"{p['train_seconds'] / 60:.1f}",
@@ -627,34 +680,30 @@ def render_markdown(record: dict[str, Any]) -> str:
         for kind in ("scratch", "healed")
         for p in record[kind]
     ]
-    if extra:
-        out += [
-            "## From scratch and healed\n",
-            markdown_table(
-                [
-                    "model",
-                    "k",
-                    "val %",
-                    "test %",
-                    "collapsed LaCoOT test %",
-                    "MACs (M)",
-                    "params (k)",
-                    "training (min)",
-                ],  # fmt: skip
-                extra,
-            ),
-        ]
-    out.append(
-        f"Full data in `{Path(cfg['out']).name}.json` (per point: removed blocks, validation and "
-        "test accuracy, MACs, parameters; block scores; training histories).\n"
-    )
-    return "\n".join(out)
+    if not rows:
+        return []
+    headers = [
+        "model", "k", "val %", "test %", "collapsed LaCoOT test %", "MACs (M)", "params (k)",
+        "training (min)",
+    ]  # fmt: skip
+    return ["## From scratch and healed\n", markdown_table(headers, rows)]
 
 
 # --------------------------------------------------------------------------------------- main
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    started = time.perf_counter()
+@dataclass
+class Setup:
+    """What every step shares: where, on what data, which model, the measurements."""
+
+    device: torch.device
+    work: Path
+    data_spec: dict[str, Any]
+    model_spec: dict[str, Any]
+    data: Data
+    sweeps: SweepCache
+    train_config: TrainConfig  # the vanilla/LaCoOT schedule (lam = 0), also from scratch
+
+
+def setup(args: argparse.Namespace) -> Setup:
     device = resolve_device(args.device)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -671,128 +720,143 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     example = torch.zeros(1, *data.image_shape, device=device)
     data_key = hashlib.sha256(json.dumps(data_spec, sort_keys=True).encode()).hexdigest()[:16]
-    ev = Evaluator(work / "eval_cache.json", data, example, data_key)
-    seeds = list(range(args.random_seeds))
+    sweeps = SweepCache(work / "sweep_cache.json", data, example, data_key)
+    return Setup(device, work, data_spec, model_spec, data, sweeps, base.train_config())
 
-    results: list[dict[str, Any]] = []
-    loaded: dict[float, tuple[nn.Module, list[Block], str]] = {}
-    for lam in args.lams:
-        ckpt, source = train_lam(args, lam, model_spec, data_spec)
-        state = load_checkpoint(ckpt, map_location=device)
-        model, blocks, _ = model_from_checkpoint(state, ckpt, device)
-        digest = file_digest(ckpt)
-        loaded[lam] = (model, blocks, digest)
-        log(f"lam {lam:g}: {source} {ckpt}; scoring and sweeping {len(blocks)} blocks")
-        scores = {
-            c: score_blocks(model, blocks, data.val, criterion=c, seed=args.seed) for c in ORDERS
-        }
-        curves: dict[str, Any] = {}
-        orders: dict[str, Any] = {}
-        for c in ORDERS:
-            orders[c] = removal_order(blocks, scores[c])
-            curves[c] = curve(ev, model, digest, orders[c])
-            ev.save()
-        random_curves, random_orders = [], []
-        for s in seeds:
-            sc = score_blocks(model, blocks, None, criterion="random", seed=s)
-            random_orders.append(removal_order(blocks, sc))
-            random_curves.append(curve(ev, model, digest, random_orders[-1]))
-            ev.save()
-        curves["random"] = random_curves
-        curves["random_mean"] = random_summary(random_curves)
-        orders["random"] = random_orders
-        results.append(
-            {
-                "lam": lam,
-                "checkpoint": str(ckpt),
-                "checkpoint_sha256": digest,
-                "source": source,
-                "train_config": state["train_config"],
-                "train_seconds": sum(r["seconds"] for r in state["history"]),
-                "history": state["history"],
-                "blocks": [b.to_dict() for b in blocks],
-                "scores": scores,
-                "random_seeds": seeds,
-                "orders": orders,
-                "curves": curves,
-            }
-        )
-        pts = curves["msw"]
-        log(
-            f"lam {lam:g}: msw test acc by k "
-            + " ".join(f"{p['test_accuracy']:.1f}" for p in pts)
-            + f"; MACs {pts[0]['macs'] / 1e6:.2f}M -> {pts[-1]['macs'] / 1e6:.2f}M"
-        )
 
-    vanilla = next(r for r in results if r["lam"] == 0)
-    best = select_best(results, vanilla)
-    log(f"best lambda on validation: {best['lam']:g} ({best['selection']})")
-    best_model, best_blocks, best_digest = loaded[best["lam"]]
-    K = len(best_blocks)
+def sweep_orders(
+    args: argparse.Namespace, st: Setup, model: nn.Module, blocks: list[Block], digest: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Scores, removal orders and curves of one model: every order of ``ORDERS`` and
+    ``--random-seeds`` random orders (each curve and the random mean)."""
+    scores = {
+        c: score_blocks(model, blocks, st.data.val, criterion=c, seed=args.seed) for c in ORDERS
+    }
+    orders: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    for c in ORDERS:
+        orders[c], curves[c] = st.sweeps.curve(model, digest, blocks, scores[c])
+        st.sweeps.save()
+    orders["random"], curves["random"] = [], []
+    for s in range(args.random_seeds):
+        sc = score_blocks(model, blocks, None, criterion="random", seed=s)
+        order, points = st.sweeps.curve(model, digest, blocks, sc)
+        orders["random"].append(order)
+        curves["random"].append(points)
+        st.sweeps.save()
+    curves["random_mean"] = random_summary(curves["random"])
+    return scores, orders, curves
+
+
+def measure_lam(
+    args: argparse.Namespace, st: Setup, lam: float
+) -> tuple[dict[str, Any], tuple[nn.Module, str]]:
+    """Train (or find) the model at ``lam`` and sweep it in every order; its record entry and
+    (model, checkpoint digest)."""
+    ckpt, source = train_lam(args, lam, st.model_spec, st.data_spec)
+    state = load_checkpoint(ckpt, map_location=st.device)
+    model, blocks, _ = model_from_checkpoint(state, ckpt, st.device)
+    digest = sha256_file(ckpt)
+    log(f"lam {lam:g}: {source} {ckpt}; scoring and sweeping {len(blocks)} blocks")
+    scores, orders, curves = sweep_orders(args, st, model, blocks, digest)
+    pts = curves["msw"]
+    log(
+        f"lam {lam:g}: msw test acc by k "
+        + " ".join(f"{p['test_accuracy']:.1f}" for p in pts)
+        + f"; MACs {pts[0]['macs'] / 1e6:.2f}M -> {pts[-1]['macs'] / 1e6:.2f}M"
+    )
+    result = {
+        "lam": lam,
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": digest,
+        "source": source,
+        "train_config": state["train_config"],
+        "train_seconds": sum(r["seconds"] for r in state["history"]),
+        "history": state["history"],
+        "blocks": [b.to_dict() for b in blocks],
+        "scores": scores,
+        "random_seeds": list(range(args.random_seeds)),
+        "orders": orders,
+        "curves": curves,
+    }
+    return result, (model, digest)
+
+
+def run_shallow(
+    args: argparse.Namespace,
+    st: Setup,
+    kind: str,
+    best: dict[str, Any],
+    model: nn.Module,
+    digest: str,
+    tc: TrainConfig,
+) -> list[dict[str, Any]]:
+    """The shallow models at each k, trained with ``tc``: ``kind="scratch"``, the architectures
+    that the best LaCoOT model's ``msw`` order leaves (``--scratch-k``) from initialisation;
+    ``"heal"``, that model (``model``, checkpoint ``digest``) collapsed so (``--heal-k``)."""
     order = best["orders"]["msw"]
-    vanilla_tc = base.train_config()
-
-    scratch = []
-    for k in sorted(set(args.scratch_k)):
-        if not 0 <= k <= K:
-            log(f"scratch k={k} skipped: the model has {K} blocks")
+    points = []
+    for k in sorted(set(args.scratch_k if kind == "scratch" else args.heal_k)):
+        if not 0 <= k <= len(order):
+            log(f"{kind} k={k} skipped: the model has {len(order)} blocks")
             continue
         removed = list(order[:k])
         meta = {
-            "kind": "scratch",
-            "model_spec": model_spec,
-            "data_spec": data_spec,
+            "kind": kind,
+            "model_spec": st.model_spec,
+            "data_spec": st.data_spec,
             "removed": removed,
         }
-        shallow = rebuild_shallow(model_spec, removed, args.seed)
-        point = train_and_measure(
-            args, ev, work / f"scratch_k{k}", shallow, vanilla_tc, meta, device, k, removed
-        )
-        scratch.append(point)
-        log(f"scratch k={k}: test {point['test_accuracy']:.2f}% ({source})")
+        if kind == "scratch":
+            shallow = rebuild_shallow(st.model_spec, removed, args.seed)
+            folder = st.work / f"scratch_k{k}"
+        else:
+            meta["source_sha256"] = digest
+            shallow = remove_blocks(model, removed)
+            folder = st.work / f"heal_lam{best['lam']:g}_k{k}"
+        point = train_and_measure(args, st.sweeps, folder, shallow, tc, meta, st.device, k, removed)
+        points.append(point)
+        log(f"{kind} k={k}: test {point['test_accuracy']:.2f}% ({point['source']})")
+    return points
 
-    healed = []
-    heal_tc = None
-    if args.heal_epochs > 0:
-        heal_tc = TrainConfig.from_dict(
-            {
-                **vanilla_tc.to_dict(),
-                "epochs": args.heal_epochs,
-                "lr": args.heal_lr,
-                "lam": 0.0,
-                "schedule": "cosine",
-            }
-        )
-        for k in sorted(set(args.heal_k)):
-            if not 0 <= k <= K:
-                log(f"heal k={k} skipped: the model has {K} blocks")
-                continue
-            removed = list(order[:k])
-            meta = {
-                "kind": "heal",
-                "model_spec": model_spec,
-                "data_spec": data_spec,
-                "removed": removed,
-                "source_sha256": best_digest,
-            }
-            collapsed = remove_blocks(best_model, removed)
-            folder = work / f"heal_lam{best['lam']:g}_k{k}"
-            point = train_and_measure(
-                args, ev, folder, collapsed, heal_tc, meta, device, k, removed
-            )
-            healed.append(point)
-            log(f"healed k={k}: test {point['test_accuracy']:.2f}% ({source})")
 
-    goal = judge(best, vanilla, healed)
-    record = {
+def heal_config(args: argparse.Namespace, st: Setup) -> TrainConfig | None:
+    """The fine-tuning schedule of healing (``None``: healing off)."""
+    if args.heal_epochs == 0:
+        return None
+    return TrainConfig.from_dict(
+        {
+            **st.train_config.to_dict(),
+            "epochs": args.heal_epochs,
+            "lr": args.heal_lr,
+            "lam": 0.0,
+            "schedule": "cosine",
+        }
+    )
+
+
+def make_record(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    st: Setup,
+    heal_tc: TrainConfig | None,
+    best_lam: float,
+    goal: dict[str, Any],
+    models: list[dict[str, Any]],
+    scratch: list[dict[str, Any]],
+    healed: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The JSON record, but for its ``seconds``."""
+    return {
         "command": " ".join(["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
         "seed": args.seed,
         "config": {k: v for k, v in vars(args).items()},
-        "environment": environment(device),
-        "model_spec": model_spec,
-        "data_spec": data_spec,
-        "train_config": vanilla_tc.to_dict(),
+        "environment": environment(st.device),
+        "model_spec": st.model_spec,
+        "data_spec": st.data_spec,
+        "train_config": st.train_config.to_dict(),
         "heal_train_config": None if heal_tc is None else heal_tc.to_dict(),
+        "sweep_repair": REPAIR,
         "goal_definition": {
             "max_drop_points": MAX_DROP,
             "max_macs_fraction": MAX_MACS,
@@ -803,17 +867,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "selection_rule": "LaCoOT lambda whose msw collapse reaches the fewest MACs with "
         "validation accuracy within 1.0 point of the vanilla full model's; ties or none: higher "
         "mean validation accuracy over k",
-        "best_lam": best["lam"],
+        "best_lam": best_lam,
         "goal": goal,
-        "models": results,
+        "models": models,
         "scratch": scratch,
         "healed": healed,
-        "seconds": time.perf_counter() - started,
     }
-    out = Path(args.out)
+
+
+def write_outputs(out: Path, record: dict[str, Any]) -> None:
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2))
     atomic_write_text(out.with_suffix(".md"), render_markdown(record))
     plot(out.with_suffix(".png"), record)
+    goal = record["goal"]
     p1, p2 = goal["part1"], goal["part2"]
     log(
         f"goal {'MET' if goal['met'] else 'NOT MET'}: part 1 {'met' if p1['met'] else 'not met'} "
@@ -821,6 +887,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"(failing k {p2['failing_k']}); wrote {out}.json/.md/.png "
         f"in {record['seconds'] / 60:.1f} min"
     )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    st = setup(args)
+    results: list[dict[str, Any]] = []
+    loaded: dict[float, tuple[nn.Module, str]] = {}
+    for lam in args.lams:
+        result, loaded[lam] = measure_lam(args, st, lam)
+        results.append(result)
+    vanilla = next(r for r in results if r["lam"] == 0)
+    best = select_best(results, vanilla)
+    log(f"best lambda on validation: {best['lam']:g} ({best['selection']})")
+    model, digest = loaded[best["lam"]]
+    scratch = run_shallow(args, st, "scratch", best, model, digest, st.train_config)
+    heal_tc = heal_config(args, st)
+    healed = [] if heal_tc is None else run_shallow(args, st, "heal", best, model, digest, heal_tc)
+    goal = judge(best, vanilla, healed)
+    record = make_record(args, argv, st, heal_tc, best["lam"], goal, results, scratch, healed)
+    record["seconds"] = time.perf_counter() - started
+    write_outputs(Path(args.out), record)
     return record
 
 
