@@ -239,12 +239,8 @@ def sweep(
     if repair != "none" and calib is None:
         raise ValueError(f"repair={repair!r} needs calibration data; pass calib_loader=...")
     device = model_device(model)
-    if example_input is None:
-        source = val_loader if val_loader is not None else test_loader
-        if source is None:
-            raise ValueError("pass example_input, or a loader to take one sample from")
-        example_input = next(iter(source))[0][:1]
-    example_input = example_input.to(device)
+    example = _example_input(example_input, val_loader, test_loader).to(device)
+    say = progress if progress is not None else (lambda message: None)
     plain = [remove_blocks(model, order[:k]) if k else model for k in range(K + 1)]
     models = plain
     if repair != "none":
@@ -252,41 +248,54 @@ def sweep(
             repair_model(model, order[:k], calib, method=repair, n_samples=calib_samples)
             for k in range(1, K + 1)
         ]
-    if progress is not None and repair != "none":
-        progress(f"repaired {K} collapses ({repair}, {calib_samples} calibration images)")
-    latencies: list[dict[int, float]] = [{} for _ in models]
-    for bs in latency_batch_sizes:
-        if progress is not None:
-            progress(f"latency of {len(models)} models at batch {bs}")
-        batch = example_input.expand(bs, *example_input.shape[1:]).contiguous()
-        timed = compare_latency(models, batch, warmup=warmup, repeats=repeats)
-        for lat, t in zip(latencies, timed, strict=True):
-            lat[bs] = t.median_ms
+        say(f"repaired {K} collapses ({repair}, {calib_samples} calibration images)")
+    latencies = _latencies(models, example, latency_batch_sizes, warmup, repeats, say)
     points = []
     for k, current in enumerate(models):
         accuracy = _accuracies(current, val_loader, test_loader)
-        points.append(
-            SweepPoint(
-                k=k,
-                removed=tuple(order[:k]),
-                val_accuracy=accuracy["val_accuracy"],
-                test_accuracy=accuracy["test_accuracy"],
-                macs=count_macs(current, example_input[:1]),
-                params=count_params(current),
-                latency_ms=latencies[k],
-                unrepaired=accuracy
-                if current is plain[k]
-                else _accuracies(plain[k], val_loader, test_loader),
-            )
+        unrepaired = (
+            accuracy if current is plain[k] else _accuracies(plain[k], val_loader, test_loader)
         )
-        if progress is not None:
-            shown = {n: "-" if v is None else f"{v:.2f}%" for n, v in accuracy.items()}
-            progress(f"k={k}: val {shown['val_accuracy']}, test {shown['test_accuracy']}")
+        points.append(
+            SweepPoint(k=k, removed=tuple(order[:k]), val_accuracy=accuracy["val_accuracy"],
+                       test_accuracy=accuracy["test_accuracy"],
+                       macs=count_macs(current, example[:1]), params=count_params(current),
+                       latency_ms=latencies[k], unrepaired=unrepaired)
+        )  # fmt: skip
+        shown = {n: "-" if v is None else f"{v:.2f}%" for n, v in accuracy.items()}
+        say(f"k={k}: val {shown['val_accuracy']}, test {shown['test_accuracy']}")
     del models, plain
     if device.type == "cuda":
         torch.cuda.empty_cache()
     used = calib_samples if repair != "none" else 0
     return Sweep(order=tuple(order), points=tuple(points), repair=repair, calib_samples=used)
+
+
+def _example_input(
+    given: Tensor | None, val_loader: Loader | None, test_loader: Loader | None
+) -> Tensor:
+    """``given``, or the first sample of the first loader given, ``(1, ...)``."""
+    if given is not None:
+        return given
+    source = val_loader if val_loader is not None else test_loader
+    if source is None:
+        raise ValueError("pass example_input, or a loader to take one sample from")
+    return next(iter(source))[0][:1]
+
+
+def _latencies(
+    models: Sequence[nn.Module], example: Tensor, batch_sizes: Sequence[int], warmup: int,
+    repeats: int, say: Callable[[str], None],
+) -> list[dict[int, float]]:  # fmt: skip
+    """Median latency (ms) of every model at every batch size, the models taking turns."""
+    latencies: list[dict[int, float]] = [{} for _ in models]
+    for bs in batch_sizes:
+        say(f"latency of {len(models)} models at batch {bs}")
+        batch = example.expand(bs, *example.shape[1:]).contiguous()
+        timed = compare_latency(list(models), batch, warmup=warmup, repeats=repeats)
+        for lat, t in zip(latencies, timed, strict=True):
+            lat[bs] = t.median_ms
+    return latencies
 
 
 def _accuracies(

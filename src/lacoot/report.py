@@ -29,12 +29,21 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: the chosen collapse, the sweep, and the other orders."""
-    env = report["environment"]
-    crit = report["criterion"]
-    points = report["sweeps"][crit]["points"]
-    full = points[0]
-    chosen = report["chosen"]
-    spec = report["model_spec"]
+    out = _md_header(report) + _md_chosen(report) + _md_sweep(report) + _md_orders(report)
+    out.append("## Block scores\n")
+    names = list(report["scores"])
+    rows = [
+        [b["name"], f"{b['macs'] / 1e6:.2f}"]
+        + [f"{report['scores'][n][b['name']]:.4g}" for n in names]
+        for b in report["blocks"]
+    ]
+    out.append(markdown_table(["block", "MACs (M)", *names], rows))
+    return "\n".join(out)
+
+
+def _md_header(report: dict[str, Any]) -> list[str]:
+    """Title, provenance, training, repair, penalised blocks, order and budget."""
+    env, spec = report["environment"], report["model_spec"]
     out = [
         f"# lacoot report: {spec['name']} on {report['data_spec']['dataset']}\n",
         f"- command: `{env['command']}`",
@@ -67,9 +76,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("penalized"):
         out.append(f"- penalised during training: {', '.join(report['penalized'])}")
     budget = ", ".join(f"{k} = {v}" for k, v in report["budget"].items() if v is not None)
-    latencies = sorted(full["latency_ms"], key=int)
-    out += [
-        f"- block order: `{crit}`; budget: {budget}\n",
+    out.append(f"- block order: `{report['criterion']}`; budget: {budget}\n")
+    return out
+
+
+def _points(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The chosen order's sweep points and the batch sizes at which latency was measured."""
+    points = report["sweeps"][report["criterion"]]["points"]
+    return points, sorted(points[0]["latency_ms"], key=int)
+
+
+def _md_chosen(report: dict[str, Any]) -> list[str]:
+    points, latencies = _points(report)
+    full, chosen = points[0], report["chosen"]
+    return [
         "## Chosen collapse\n",
         f"{chosen['k']} of {len(points) - 1} blocks removed "
         f"({', '.join(chosen['removed']) or 'none'}): test accuracy "
@@ -83,8 +103,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             for b in latencies
         )
         + ". Validation accuracy chose it; test accuracy is reported.\n",
-        f"## Sweep (`{crit}` order)\n",
     ]
+
+
+def _md_sweep(report: dict[str, Any]) -> list[str]:
+    points, latencies = _points(report)
+    full = points[0]
     headers = ["k", "removed", "val acc %", "test acc %", "unrepaired val / test %", "MACs (M)"]
     headers += ["MACs %", "params (M)"]
     headers += [f"latency b={b} (ms)" for b in latencies]
@@ -103,30 +127,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         row += [f"{p['latency_ms'][b]:.2f}" for b in latencies]
         rows.append(row)
-    out.append(markdown_table(headers, rows))
-    if len(report["sweeps"]) > 1:
-        out.append("## Test accuracy (%) by block order\n")
-        names = list(report["sweeps"])
-        rows = []
-        for k in range(len(points)):
-            rows.append(
-                [k, f"{points[k]['macs'] / 1e6:.2f}"]
-                + [_fmt(report["sweeps"][n]["points"][k]["test_accuracy"]) for n in names]
-            )
-        out.append(
-            "MACs are those of the "
-            f"`{crit}` order; other orders remove other blocks, so their MACs differ.\n"
-        )
-        out.append(markdown_table(["k", "MACs (M)", *names], rows))
-    out.append("## Block scores\n")
-    names = list(report["scores"])
+    return [f"## Sweep (`{report['criterion']}` order)\n", markdown_table(headers, rows)]
+
+
+def _md_orders(report: dict[str, Any]) -> list[str]:
+    """Test accuracy of every order at every k (nothing when one order was swept)."""
+    if len(report["sweeps"]) <= 1:
+        return []
+    points, _ = _points(report)
+    names = list(report["sweeps"])
     rows = [
-        [b["name"], f"{b['macs'] / 1e6:.2f}"]
-        + [f"{report['scores'][n][b['name']]:.4g}" for n in names]
-        for b in report["blocks"]
+        [k, f"{points[k]['macs'] / 1e6:.2f}"]
+        + [_fmt(report["sweeps"][n]["points"][k]["test_accuracy"]) for n in names]
+        for k in range(len(points))
     ]
-    out.append(markdown_table(["block", "MACs (M)", *names], rows))
-    return "\n".join(out)
+    return [
+        "## Test accuracy (%) by block order\n",
+        f"MACs are those of the `{report['criterion']}` order; other orders remove other blocks, "
+        "so their MACs differ.\n",
+        markdown_table(["k", "MACs (M)", *names], rows),
+    ]
 
 
 def plot_sweeps(
