@@ -1,4 +1,4 @@
-"""Small models shared by the tests."""
+"""Small models, and a tiny learnable dataset for them, shared by the tests."""
 
 from __future__ import annotations
 
@@ -33,3 +33,10 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d_in) -> (B, classes)
         return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def _data(n: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 6, generator=g)
+    Y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
+    return [(X[i : i + 32], Y[i : i + 32]) for i in range(0, n, 32)]

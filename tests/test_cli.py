@@ -3,55 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from _data import write_idx_dataset
+from _cli import NARROW, RESUMABLE, TINY, _assert_same_weights, _start_and_signal, lacoot_cmd
 
 import lacoot
-from lacoot.pipeline import model_from_checkpoint
 from lacoot.train import load_checkpoint, save_checkpoint
-
-# A narrow resnet20 (4/4/8 channels) keeps every command to seconds on two CPU cores.
-NARROW = ["--model-arg", "widths=[4, 4, 8]"]
-TINY = ["--batch-size", "32", "--no-progress", "--latency-repeats", "2"]
-
-
-def lacoot_cmd(*args: str, cwd: Path, check: int | None = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LACOOT_DATA": str(cwd / "data"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "lacoot.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    return proc
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cli")
-    write_idx_dataset(root / "data", n_train=224, n_test=64)
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(work: Path) -> Path:
-    lacoot_cmd(
-        "train", "--epochs", "2", "--out", "run", "--lr", "0.05", "--batch-size", "32",
-        "--no-progress", *NARROW, cwd=work,
-    )  # fmt: skip
-    return work / "run" / "checkpoint.pt"
 
 
 def test_help_documents_every_subcommand(work: Path) -> None:
@@ -110,108 +70,6 @@ def test_collapse_writes_report_and_plot(trained: Path, work: Path) -> None:
     err = lacoot_cmd("collapse", str(trained), "--blocks", "1", "--out", "col", cwd=work, check=2)
     assert "already holds a collapse report" in err.stderr and "--overwrite" in err.stderr
     assert (work / "col" / "report.json").read_bytes() == before
-
-
-@pytest.mark.parametrize("fmt", ["pt", "torchscript", "onnx"])
-def test_export_round_trip(trained: Path, work: Path, fmt: str) -> None:
-    if fmt == "onnx":
-        pytest.importorskip("onnx")
-    target = work / f"shallow.{fmt}"
-    out = lacoot_cmd(
-        "export", str(trained), "--blocks", "layer1.1,layer3.2", "--format", fmt,
-        "--output", str(target), "--repair", "none", cwd=work,
-    ).stdout  # fmt: skip
-    assert target.is_file()
-    written = target.read_bytes()
-    again = lacoot_cmd(
-        "export", str(trained), "--blocks", "1", "--format", fmt, "--output", str(target),
-        cwd=work, check=2,
-    )  # fmt: skip
-    assert "already exists; pass --overwrite" in again.stderr
-    assert target.read_bytes() == written
-    state = load_checkpoint(trained)
-    model, _, _ = model_from_checkpoint(state, trained, torch.device("cpu"))
-    expected_model = lacoot.remove_blocks(model, ["layer1.1", "layer3.2"]).eval()
-    x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():
-        want = expected_model(x)
-        if fmt == "pt":
-            got = lacoot.load(target)(x)
-        elif fmt == "torchscript":
-            got = torch.jit.load(str(target))(x)
-        else:
-            ort = pytest.importorskip("onnxruntime")
-            assert "onnxruntime check" in out
-            sess = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-            got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
-    assert got.shape == (4, 10) and torch.isfinite(got).all()
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-
-
-def test_export_repaired_model_reloads_with_its_patches(trained: Path, work: Path) -> None:
-    files = {}
-    for fmt in ("pt", "torchscript"):
-        files[fmt] = work / f"patched.{fmt}"
-        lacoot_cmd(
-            "export", str(trained), "--blocks", "layer1.1,layer3.2", "--format", fmt,
-            "--output", str(files[fmt]), "--calib-samples", "64", cwd=work,
-        )  # fmt: skip
-    saved = torch.load(files["pt"], weights_only=True)
-    assert sorted(saved["patched"]) == ["layer1.1", "layer3.2"]  # linear repair by default
-    reloaded = lacoot.load(files["pt"])
-    assert isinstance(reloaded.get_submodule("layer1.1"), lacoot.LinearPatch)
-    model, _, _ = model_from_checkpoint(load_checkpoint(trained), trained, torch.device("cpu"))
-    x = torch.randn(4, 1, 28, 28)
-    with torch.no_grad():
-        got, traced = reloaded(x), torch.jit.load(str(files["torchscript"]))(x)
-        plain = lacoot.remove_blocks(model, ["layer1.1", "layer3.2"]).eval()(x)
-    torch.testing.assert_close(got, traced, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(got, plain, atol=1e-3)  # the patches and new statistics count
-
-
-RESUMABLE = ["train", "--epochs", "4", "--lr", "0.05", *TINY[:3], "--schedule", "cosine", *NARROW]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(work: Path) -> dict[str, torch.Tensor]:
-    lacoot_cmd(*RESUMABLE, "--out", "full", cwd=work)
-    return load_checkpoint(work / "full" / "checkpoint.pt")["model"]
-
-
-def _start_and_signal(work: Path, out: str, sig: int) -> subprocess.Popen:
-    """Start a training run and send ``sig`` once its first epoch is logged."""
-    env = {**os.environ, "LACOOT_DATA": str(work / "data")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lacoot.cli", *RESUMABLE, "--out", out],
-        cwd=work,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log = work / out / "log.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(json.loads(log.read_text() or "[]")) >= 1:
-            break
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    return proc
-
-
-def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def test_resume_after_kill_matches_uninterrupted(work: Path, uninterrupted) -> None:
-    proc = _start_and_signal(work, "killed", signal.SIGKILL)
-    proc.communicate()
-    killed_at = load_checkpoint(work / "killed" / "checkpoint.pt")["epoch"]
-    assert 1 <= killed_at < 4, "the run was not interrupted; make it slower"
-    lacoot_cmd(*RESUMABLE, "--out", "killed", "--resume", cwd=work)
-    _assert_same_weights(uninterrupted, load_checkpoint(work / "killed" / "checkpoint.pt")["model"])
 
 
 def test_sigint_checkpoints_exits_130_and_resumes(work: Path, uninterrupted) -> None:

@@ -1,4 +1,5 @@
-"""The MSW penalty: values, gradients, hooks, warm starts, and its effect on training."""
+"""The MSW penalty: values, gradients, hooks, warm starts, the relative (scale-free) penalty
+and its power-iteration spread, and its effect on training."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import torch.nn.functional as F
 from _nets import residual_mlp
 
 import lacoot
+from lacoot.criteria import principal_spread
 from lacoot.ot import max_sliced_wasserstein
+from lacoot.regularizer import power_spread
 
 
 def _block_io(model, names, x):
@@ -142,3 +145,56 @@ def test_penalty_shrinks_block_distances_end_to_end() -> None:
     for name in plain:
         assert regularised[name] < 0.5 * plain[name], (name, plain[name], regularised[name])
     assert reg_acc > 80.0 and plain_acc > 80.0
+
+
+@pytest.mark.parametrize("shape", [(40, 7), (12, 30)])
+def test_power_spread_matches_the_exact_principal_spread(shape: tuple[int, int]) -> None:
+    torch.manual_seed(1)
+    X = torch.randn(*shape) * torch.linspace(0.2, 3.0, shape[1])
+    exact = float(principal_spread(X.double()))
+    cold, v = power_spread(X)
+    assert float(cold) == pytest.approx(exact, rel=1e-3)
+    warm, _ = power_spread(X, init=v, n_iters=2)  # warm start: stays at the maximum
+    assert float(warm) == pytest.approx(exact, rel=1e-4)
+    assert float(v.norm()) == pytest.approx(1.0, abs=1e-6)
+
+
+def _penalty(model: torch.nn.Module, x: torch.Tensor, relative: bool) -> tuple[float, dict]:
+    reg = lacoot.MSWRegularizer(model, ["1", "2"], lam=1.0, seed=0, relative=relative)
+    with reg:
+        model(x)
+        value = float(reg.penalty().detach())
+    return value, reg.distances()
+
+
+def test_relative_penalty_is_unchanged_when_features_are_scaled() -> None:
+    torch.manual_seed(0)
+    model = residual_mlp(units=2)
+    x = torch.randn(64, 6)
+    scaled = residual_mlp(units=2)
+    scaled.load_state_dict(model.state_dict())
+    with torch.no_grad():  # stem x10 and biases x10: every block input and output is 10x
+        scaled[0].weight.mul_(10)  # larger (ReLU is positively homogeneous)
+        scaled[0].bias.mul_(10)
+        for unit in (scaled[1], scaled[2]):
+            unit.fc1.bias.mul_(10)
+            unit.fc2.bias.mul_(10)
+    raw, _ = _penalty(model, x, relative=False)
+    raw10, _ = _penalty(scaled, x, relative=False)
+    assert raw10 == pytest.approx(10 * raw, rel=1e-3)  # the raw penalty scales with features
+    rel, dists = _penalty(model, x, relative=True)
+    rel10, dists10 = _penalty(scaled, x, relative=True)
+    assert rel10 == pytest.approx(rel, rel=1e-3)
+    for name in dists:
+        assert dists10[name] == pytest.approx(dists[name], rel=1e-3)
+
+
+def test_relative_penalty_gradient_flows_to_blocks_only_through_the_distance() -> None:
+    torch.manual_seed(0)
+    model = residual_mlp(units=2)
+    x = torch.randn(32, 6)
+    with lacoot.MSWRegularizer(model, ["1"], lam=1.0, seed=0, relative=True) as reg:
+        model(x)
+        reg.penalty().backward()
+    assert model[1].fc2.weight.grad is not None and model[1].fc2.weight.grad.abs().sum() > 0
+    assert model[2].fc1.weight.grad is None  # not penalised: no gradient at all

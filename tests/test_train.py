@@ -1,52 +1,17 @@
-"""Training under faults: signals mid-epoch, non-finite losses (library level, one process)."""
+"""The training loop (lacoot.train): non-finite losses, options, samplers told the epoch, and the
+penalised blocks chosen by pattern or by budget."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from _faulty import CFG, Faulty, tiny_loader, tiny_model
+from _nets import _data, residual_mlp
 
-from lacoot.train import TrainConfig, TrainingInterrupted, load_checkpoint, train
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_finishes_step_checkpoints_and_resumes_exactly(tmp_path: Path, sig) -> None:
-    model, blocks = tiny_model()
-    train(model, blocks, tiny_loader(), None, CFG, out_dir=tmp_path / "full", progress=False)
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    model, blocks = tiny_model()
-    with pytest.raises(TrainingInterrupted) as info:
-        train(
-            model, blocks, Faulty(tiny_loader(), 1, 2, sig), None, CFG, out_dir=tmp_path / "cut",
-            progress=False,
-        )  # fmt: skip
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
-    e = info.value
-    assert (e.signum, e.epoch, e.batch) == (sig, 1, 3)  # the step that saw the signal finished
-    assert f"{signal.Signals(sig).name} received: stopped epoch 2, after batch 3" in str(e)
-    state = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
-    assert (state["epoch"], state["batch"], len(state["history"])) == (1, 3, 1)
-    model, blocks = tiny_model()
-    result = train(
-        model, blocks, tiny_loader(), None, CFG, out_dir=tmp_path / "cut", resume=True,
-        progress=False,
-    )  # fmt: skip
-    want, got = _weights(tmp_path / "full" / "checkpoint.pt"), _weights(result.checkpoint)
-    for key in want:
-        assert torch.equal(want[key], got[key]), key
-    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["history"]
-    for a, b in zip(full, result.history, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            if key != "seconds":
-                assert a[key] == pytest.approx(b[key], rel=1e-12), key
+import lacoot
+from lacoot.train import TrainConfig, load_checkpoint, train
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:
@@ -111,3 +76,43 @@ def test_dataloader_with_distributed_sampler_is_told_the_epoch(tmp_path: Path) -
         on_epoch=lambda r: seen.append(sampler.epoch),
     )
     assert seen == [0, 1]
+
+
+def test_budget_targeted_run_penalises_exactly_the_chosen_blocks(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = residual_mlp(units=4)
+    loader = _data()
+    blocks = lacoot.find_blocks(model, loader[0][0][:2])
+    cfg = TrainConfig(epochs=3, lam=1.0, relative=True, target_blocks=2, target_warmup=1,
+                      schedule="constant", lr=0.01)  # fmt: skip
+    result = train(model, blocks, loader, loader[:2], cfg, out_dir=tmp_path, device="cpu",
+                   progress=False)  # fmt: skip
+    targets = load_checkpoint(tmp_path / "checkpoint.pt")["regularizer"]["targets"]
+    assert len(targets) == 2 and result.penalized == targets
+    first, *later = result.history
+    assert sorted(k for k in first if k.startswith("msw/")) == ["msw/1", "msw/2", "msw/3", "msw/4"]
+    for row in later:
+        assert sorted(k for k in row if k.startswith("msw/")) == sorted(f"msw/{t}" for t in targets)
+
+
+def test_penalize_patterns_and_errors(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = residual_mlp(units=4)
+    loader = _data(64)
+    blocks = lacoot.find_blocks(model, loader[0][0][:2])
+    cfg = TrainConfig(epochs=1, lam=0.5, penalize=("[24]",), schedule="constant")
+    result = train(model, blocks, loader, None, cfg, device="cpu", progress=False)
+    assert result.penalized == ["2", "4"]
+    bad = TrainConfig(epochs=1, lam=0.5, penalize=("layer*",))
+    with pytest.raises(ValueError, match="matches none of the blocks"):
+        train(model, blocks, loader, None, bad, device="cpu", progress=False)
+    for kwargs, message in [
+        ({"target_blocks": 2, "target_macs": 0.5}, "at most one budget"),
+        ({"target_blocks": 0}, "target_blocks=0"),
+        ({"target_macs": 1.5}, "target_macs=1.5"),
+        ({"target_blocks": 2, "target_warmup": -1}, "target_warmup=-1"),
+        ({"target_blocks": 2, "penalize": ("1",)}, "expected one of them"),
+        ({"target_criterion": "nope"}, "target_criterion='nope'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**kwargs)

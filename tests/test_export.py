@@ -1,0 +1,71 @@
+"""The shallow model saved and exported (lacoot.export): pt, TorchScript and ONNX files compute
+what the collapsed model computes, and a repaired model reloads with its patches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from _cli import lacoot_cmd
+
+import lacoot
+from lacoot.pipeline import model_from_checkpoint
+from lacoot.train import load_checkpoint
+
+
+@pytest.mark.parametrize("fmt", ["pt", "torchscript", "onnx"])
+def test_export_round_trip(trained: Path, work: Path, fmt: str) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    target = work / f"shallow.{fmt}"
+    out = lacoot_cmd(
+        "export", str(trained), "--blocks", "layer1.1,layer3.2", "--format", fmt,
+        "--output", str(target), "--repair", "none", cwd=work,
+    ).stdout  # fmt: skip
+    assert target.is_file()
+    written = target.read_bytes()
+    again = lacoot_cmd(
+        "export", str(trained), "--blocks", "1", "--format", fmt, "--output", str(target),
+        cwd=work, check=2,
+    )  # fmt: skip
+    assert "already exists; pass --overwrite" in again.stderr
+    assert target.read_bytes() == written
+    state = load_checkpoint(trained)
+    model, _, _ = model_from_checkpoint(state, trained, torch.device("cpu"))
+    expected_model = lacoot.remove_blocks(model, ["layer1.1", "layer3.2"]).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        want = expected_model(x)
+        if fmt == "pt":
+            got = lacoot.load(target)(x)
+        elif fmt == "torchscript":
+            got = torch.jit.load(str(target))(x)
+        else:
+            ort = pytest.importorskip("onnxruntime")
+            assert "onnxruntime check" in out
+            sess = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+    assert got.shape == (4, 10) and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_export_repaired_model_reloads_with_its_patches(trained: Path, work: Path) -> None:
+    files = {}
+    for fmt in ("pt", "torchscript"):
+        files[fmt] = work / f"patched.{fmt}"
+        lacoot_cmd(
+            "export", str(trained), "--blocks", "layer1.1,layer3.2", "--format", fmt,
+            "--output", str(files[fmt]), "--calib-samples", "64", cwd=work,
+        )  # fmt: skip
+    saved = torch.load(files["pt"], weights_only=True)
+    assert sorted(saved["patched"]) == ["layer1.1", "layer3.2"]  # linear repair by default
+    reloaded = lacoot.load(files["pt"])
+    assert isinstance(reloaded.get_submodule("layer1.1"), lacoot.LinearPatch)
+    model, _, _ = model_from_checkpoint(load_checkpoint(trained), trained, torch.device("cpu"))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        got, traced = reloaded(x), torch.jit.load(str(files["torchscript"]))(x)
+        plain = lacoot.remove_blocks(model, ["layer1.1", "layer3.2"]).eval()(x)
+    torch.testing.assert_close(got, traced, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the patches and new statistics count
