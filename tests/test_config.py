@@ -1,0 +1,106 @@
+"""lacoot.config: each option declared once; checks, reading, writing and flags derive from it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+import pytest
+import yaml
+
+from lacoot.cli import add_options, build_parser
+from lacoot.config import (
+    DEFAULT_TARGET_MACS,
+    CollapseConfig,
+    RunConfig,
+    TrainConfig,
+    option,
+    option_spec,
+)
+from lacoot.criteria import Criterion
+
+
+def test_every_option_has_help_and_the_run_and_train_commands_take_each_one() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {name: {a.dest for a in p._actions} for name, p in sub.choices.items()}
+    collapse = {f.name for f in fields(CollapseConfig)}
+    for f in fields(RunConfig):
+        assert option_spec(f).help, f.name
+        assert f.name in flags["run"], f.name
+        assert (f.name in flags["train"]) == (f.name not in collapse), f.name
+    assert collapse <= flags["collapse"]
+
+
+def test_help_lists_the_names_of_the_registries(capsys, monkeypatch) -> None:
+    from lacoot import criteria
+
+    monkeypatch.setitem(criteria._CRITERIA, "test_config_first_block", Criterion(
+        "test_config_first_block", "first block first",
+        static_score=lambda blocks, seed: {b.name: float(b.order) for b in blocks}))  # fmt: skip
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["collapse", "--help"])
+    help_text = capsys.readouterr().out.replace("\n", " ")
+    assert "test_config_first_block" in help_text and "greedy" in help_text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "resnet20" in help_text and "fashion-mnist, mnist" in help_text
+
+
+def test_a_new_option_is_one_field() -> None:
+    @dataclass
+    class Extended(TrainConfig):
+        warmup_lam: float = option(0.0, "epochs of lambda warm-up", check=lambda v: v >= 0,
+                                   expect=">= 0")  # fmt: skip
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Extended)
+    args = parser.parse_args(["--warmup-lam", "2", "--no-nesterov", "--penalize", "a", "b"])
+    assert (args.warmup_lam, args.nesterov, args.penalize) == (2.0, False, ["a", "b"])
+    cfg = Extended.from_dict({k: v for k, v in vars(args).items() if v is not None})
+    assert cfg.warmup_lam == 2.0 and cfg.penalize == ("a", "b") and cfg.target_macs is None
+    with pytest.raises(ValueError, match="warmup_lam=-1; expected >= 0"):
+        Extended(warmup_lam=-1)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"epochs": "many"}, "option epochs='many' has type str; expected int"),
+        ({"epochs": 0}, "epochs=0; expected an integer > 0"),
+        ({"lam": float("inf")}, "lam=inf; expected lam >= 0"),
+        ({"milestones": [1, "x"]}, "option milestones=.* has type"),
+        ({"schedule": "step"}, "schedule='step'; expected 'multistep', 'cosine', 'onecycle' or"),
+        ({"model": "resnet9"}, "unknown model 'resnet9'; valid names: "),
+        ({"compare": ["cosine", "x"]}, r"unknown criterion 'x' \(compare='x'\); valid names"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; valid names"),
+        ({"repair": "prune"}, "repair='prune'; expected 'none', 'bn' or 'linear'"),
+        ({"latency_batch_sizes": [1, 0]}, "latency_batch_sizes=.*expected batch sizes >= 1"),
+        ({"target_blocks": 2, "target_macs": 0.5}, "at most one budget"),
+        ({"lamda": 1}, r"unknown options \['lamda'\]"),
+    ],
+)
+def test_bad_values_name_the_option_and_what_was_expected(values, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict(values)
+
+
+def test_values_round_trip_through_yaml_and_split_into_train_and_collapse_options() -> None:
+    cfg = RunConfig.from_dict({"dataset": "fmnist", "milestones": [2, 3], "compare": ["msw"],
+                               "lam": 2, "blocks": 3})  # fmt: skip
+    assert cfg.milestones == (2, 3) and cfg.compare == ("msw",)
+    again = RunConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg and again.to_dict()["milestones"] == [2, 3]
+    train, collapse = cfg.train_config(), cfg.collapse_config()
+    assert type(train) is TrainConfig and train.lam == 2 and train.milestones == (2, 3)
+    assert type(collapse) is CollapseConfig and collapse.blocks == 3
+    assert collapse.or_default_budget() is collapse
+    assert CollapseConfig().or_default_budget().max_drop == 1.0
+
+
+def test_the_default_budget_yields_to_named_or_counted_blocks() -> None:
+    assert TrainConfig().target_macs == DEFAULT_TARGET_MACS and TrainConfig().targeted
+    assert TrainConfig(penalize=("layer1.*",)).target_macs is None
+    assert TrainConfig(target_blocks=2).target_macs is None
+    assert not TrainConfig(target_macs=1.0).targeted
