@@ -5,8 +5,7 @@ collapsible block's input and output, rank the blocks by that distance, and remo
 ones without fine-tuning.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .blocks import Block, BlockDiscoveryError, find_blocks, identity_blocks, remove_blocks
 from .collapse import Sweep, SweepPoint, choose_blocks, collapse, removal_order, sweep
 from .criteria import list_criteria, register_criterion, score_blocks

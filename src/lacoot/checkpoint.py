@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from . import distributed as dist_
 from ._io import atomic_write_bytes
+from ._version import __version__
 
 __all__ = [
     "CHECKPOINT_FORMAT",

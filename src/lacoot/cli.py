@@ -16,7 +16,7 @@ from dataclasses import Field, fields
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 
 EXIT_BAD_INPUT = 2
 

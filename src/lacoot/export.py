@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__
 from ._io import atomic_write_bytes
+from ._version import __version__
 from .blocks import remove_blocks
 
 __all__ = [

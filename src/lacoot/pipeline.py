@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
 from ._io import atomic_write_text
+from ._version import __version__
 from .blocks import Block, find_blocks
 from .checkpoint import CheckpointError, load_checkpoint
 from .collapse import Sweep, SweepPoint, sweep
