@@ -21,8 +21,10 @@ workers, or whether earlier batches were produced, which makes mid-epoch resumpt
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +60,31 @@ def epoch_generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]))
 
 
+@dataclass(frozen=True)
+class _LoaderOptions:
+    """The keyword options that :class:`TensorLoader` and :class:`StreamingLoader` share
+    (documented there), apart from ``mean``/``std``, which each loader defaults in its own way.
+    """
+
+    batch_size: int
+    shuffle: bool
+    augment: bool
+    pad: int | None
+    flip: bool | None
+    device: str | torch.device
+    dtype: torch.dtype
+    seed: int
+    drop_last: bool
+    rank: int
+    world_size: int
+    cpu_threads: int | None
+
+    @classmethod
+    def pick(cls, arguments: Mapping[str, Any]) -> _LoaderOptions:
+        """The options among a loader constructor's arguments (pass its ``locals()``)."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls)})
+
+
 class _PlannedLoader:
     """Shared batch planning (order, sharding, augmentation parameters) and finishing."""
 
@@ -65,58 +92,50 @@ class _PlannedLoader:
         self,
         n: int,
         image_shape: tuple[int, int, int],
-        batch_size: int,
+        options: _LoaderOptions,
         *,
-        shuffle: bool,
-        augment: bool,
-        pad: int | None,
-        flip: bool | None,
         hflip_default: bool,
         mean: Sequence[float],
         std: Sequence[float],
-        device: str | torch.device,
-        dtype: torch.dtype,
-        seed: int,
-        drop_last: bool,
-        rank: int,
-        world_size: int,
-        cpu_threads: int | None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
-        if n < world_size:
-            raise ValueError(f"{n} samples cannot be sharded over {world_size} ranks")
+        o = options
+        if o.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {o.batch_size}")
+        if o.world_size < 1 or not 0 <= o.rank < o.world_size:
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={o.rank}, world={o.world_size}"
+            )
+        if o.seed < 0:
+            raise ValueError(f"seed must be non-negative, got {o.seed}")
+        if n < o.world_size:
+            raise ValueError(f"{n} samples cannot be sharded over {o.world_size} ranks")
         c, h, w = image_shape
         self.n = int(n)
-        self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.augment = bool(augment)
-        self.pad = int(default_padding(h, w) if pad is None else pad) if augment else 0
+        self.batch_size = int(o.batch_size)
+        self.shuffle = bool(o.shuffle)
+        self.augment = bool(o.augment)
+        self.pad = int(default_padding(h, w) if o.pad is None else o.pad) if o.augment else 0
         if self.pad < 0:
-            raise ValueError(f"pad must be >= 0, got {pad}")
-        self.flip = bool(hflip_default if flip is None else flip) if augment else False
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.seed = int(seed)
-        self.drop_last = bool(drop_last)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
+            raise ValueError(f"pad must be >= 0, got {o.pad}")
+        self.flip = bool(hflip_default if o.flip is None else o.flip) if o.augment else False
+        self.device = torch.device(o.device)
+        self.dtype = o.dtype
+        self.seed = int(o.seed)
+        self.drop_last = bool(o.drop_last)
+        self.rank = int(o.rank)
+        self.world_size = int(o.world_size)
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean/std must have {c} entries")
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         m = torch.tensor(self.mean, dtype=torch.float64).view(1, c, 1, 1)
         s = torch.tensor(self.std, dtype=torch.float64).view(1, c, 1, 1)
-        self._scale = (1.0 / (255.0 * s)).to(self.device, dtype)
-        self._shift = (-m / s).to(self.device, dtype)
-        if cpu_threads is not None and cpu_threads < 1:
-            raise ValueError(f"cpu_threads must be >= 1 or None, got {cpu_threads}")
+        self._scale = (1.0 / (255.0 * s)).to(self.device, o.dtype)
+        self._shift = (-m / s).to(self.device, o.dtype)
+        if o.cpu_threads is not None and o.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1 or None, got {o.cpu_threads}")
         # only CPU batches run torch's intra-op thread pool; CUDA work is unaffected
-        self.cpu_threads = cpu_threads if self.device.type == "cpu" else None
+        self.cpu_threads = o.cpu_threads if self.device.type == "cpu" else None
         self.epoch = 0
         self._start_batch = 0
 
@@ -243,24 +262,14 @@ class TensorLoader(_PlannedLoader):
         world_size: int = 1,
         cpu_threads: int | None = 1,
     ) -> None:
+        options = _LoaderOptions.pick(locals())  # the shared keyword options, by name
         super().__init__(
             len(dataset),
             dataset.image_shape,
-            batch_size,
-            shuffle=shuffle,
-            augment=augment,
-            pad=pad,
-            flip=flip,
+            options,
             hflip_default=dataset.hflip,
             mean=dataset.mean if mean is None else mean,
             std=dataset.std if std is None else std,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
-            cpu_threads=cpu_threads,
         )
         self.dataset = dataset
         self.images = dataset.images.to(self.device)
@@ -354,6 +363,7 @@ class StreamingLoader(_PlannedLoader):
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
     ) -> None:
+        options = _LoaderOptions.pick(locals())  # the shared keyword options, by name
         if mean is None or std is None:
             m, s = getattr(dataset, "mean", None), getattr(dataset, "std", None)
             if m is None or s is None:
@@ -365,21 +375,10 @@ class StreamingLoader(_PlannedLoader):
         super().__init__(
             len(dataset),
             tuple(dataset.image_shape),
-            batch_size,
-            shuffle=shuffle,
-            augment=augment,
-            pad=pad,
-            flip=flip,
+            options,
             hflip_default=getattr(dataset, "hflip", True),
             mean=mean,
             std=std,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
-            cpu_threads=cpu_threads,
         )
         self.dataset = dataset
         self._sampler = _PlanBatchSampler()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -11,8 +12,13 @@ __all__ = [
     "ConvNormActivation",
     "Permute",
     "StochasticDepth",
+    "TransformerConfig",
+    "check_mlp_and_dropouts",
+    "check_patch_size",
+    "check_positive_fields",
     "check_positive_int",
     "check_probability",
+    "init_linear_trunc_normal",
     "make_divisible",
 ]
 
@@ -42,6 +48,75 @@ def check_probability(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1]; got {value!r}")
     return float(value)
+
+
+class TransformerConfig(Protocol):
+    """The fields that :class:`~lacoot.models.vit.ViTConfig` and
+    :class:`~lacoot.models.swin.SwinConfig` share and check alike."""
+
+    @property
+    def img_size(self) -> int: ...
+    @property
+    def patch_size(self) -> int: ...
+    @property
+    def mlp_ratio(self) -> float: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def attention_dropout(self) -> float: ...
+    @property
+    def stochastic_depth_prob(self) -> float: ...
+
+
+def check_positive_fields(config: object, names: Sequence[str]) -> None:
+    """Check that the fields ``names`` of ``config`` are positive ints, in that order.
+
+    Raises
+    ------
+    ValueError
+        Naming the first field that is not a positive ``int`` (see :func:`check_positive_int`).
+    """
+    for name in names:
+        check_positive_int(getattr(config, name), name)
+
+
+def check_patch_size(config: TransformerConfig) -> None:
+    """Check that ``config.img_size`` is a multiple of ``config.patch_size``.
+
+    Raises
+    ------
+    ValueError
+        If it is not.
+    """
+    if config.img_size % config.patch_size:
+        raise ValueError(
+            f"img_size ({config.img_size}) must be a multiple of patch_size ({config.patch_size})"
+        )
+
+
+def check_mlp_and_dropouts(config: TransformerConfig) -> None:
+    """Check that ``config.mlp_ratio`` is positive, then that ``dropout``,
+    ``attention_dropout`` and ``stochastic_depth_prob`` are probabilities (in that order).
+
+    Raises
+    ------
+    ValueError
+        Naming the first field that fails.
+    """
+    if not config.mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be positive; got {config.mlp_ratio!r}")
+    for name in ("dropout", "attention_dropout", "stochastic_depth_prob"):
+        check_probability(getattr(config, name), name)
+
+
+def init_linear_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
+    """Re-initialise every ``nn.Linear`` in ``module`` (in ``modules()`` order, in place):
+    truncated-normal weights with standard deviation ``std`` and zero biases (ViT/Swin rule)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ._layers import check_positive_int
 from ._registry import register_model
-from .resnet import BasicBlock, projection_shortcut
+from .resnet import BasicBlock, init_resnet_weights, projection_shortcut
 
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet56", "resnet110"]
 
@@ -73,12 +73,7 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(widths[2], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None

@@ -43,6 +43,18 @@ def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequ
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
+def init_resnet_weights(model: nn.Module) -> None:
+    """Initialise a ResNet in place, torchvision's rule: every ``nn.Conv2d`` weight Kaiming-normal
+    (``fan_out``, ReLU gain), every ``nn.BatchNorm2d`` weight 1 and bias 0, in ``modules()`` order
+    (other modules keep their default initialisation)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual connection (ResNet-18/34, CIFAR ResNets).
 
@@ -190,12 +202,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):

@@ -35,7 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import Permute, StochasticDepth, check_positive_int, check_probability
+from ._layers import (
+    Permute,
+    StochasticDepth,
+    check_mlp_and_dropouts,
+    check_patch_size,
+    check_positive_fields,
+    check_positive_int,
+    init_linear_trunc_normal,
+)
 from ._registry import register_model
 
 __all__ = [
@@ -93,9 +101,10 @@ class SwinConfig:
     stochastic_depth_prob: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("img_size", "patch_size", "window_size", "in_channels", "num_classes"):
-            check_positive_int(getattr(self, name), name)
-        check_positive_int(self.embed_dim, "embed_dim")
+        check_positive_fields(
+            self,
+            ("img_size", "patch_size", "window_size", "in_channels", "num_classes", "embed_dim"),
+        )
         object.__setattr__(self, "depths", tuple(self.depths))
         object.__setattr__(self, "num_heads", tuple(self.num_heads))
         if not self.depths or len(self.depths) != len(self.num_heads):
@@ -111,14 +120,8 @@ class SwinConfig:
                     f"stage {i} width {self.embed_dim * 2**i} is not a multiple of "
                     f"num_heads[{i}] = {h}"
                 )
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
-            )
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive; got {self.mlp_ratio!r}")
-        for name in ("dropout", "attention_dropout", "stochastic_depth_prob"):
-            check_probability(getattr(self, name), name)
+        check_patch_size(self)
+        check_mlp_and_dropouts(self)
 
     def feature_sizes(self) -> list[int]:
         """Feature-map side per stage for an ``img_size`` input (e.g. ``[16, 8, 4, 2]``)."""
@@ -388,11 +391,7 @@ class SwinTransformer(nn.Module):
         self.flatten = nn.Flatten(1)
         self.head = nn.Linear(num_features, c.num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linear_trunc_normal(self, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)  # (B, H', W', C')

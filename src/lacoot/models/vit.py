@@ -18,10 +18,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import StochasticDepth, check_positive_int, check_probability
+from ._layers import (
+    StochasticDepth,
+    check_mlp_and_dropouts,
+    check_patch_size,
+    check_positive_fields,
+    init_linear_trunc_normal,
+)
 from ._registry import register_model
 
 __all__ = ["Attention", "EncoderBlock", "Mlp", "PatchEmbed", "ViTConfig", "VisionTransformer"]
+
+#: ViTConfig fields that must be positive ints, in the order they are checked.
+_POSITIVE_INT_FIELDS = (
+    "img_size",
+    "patch_size",
+    "in_channels",
+    "num_classes",
+    "embed_dim",
+    "depth",
+    "num_heads",
+)
 
 
 @dataclass(frozen=True)
@@ -70,28 +87,13 @@ class ViTConfig:
     stochastic_depth_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "img_size",
-            "patch_size",
-            "in_channels",
-            "num_classes",
-            "embed_dim",
-            "depth",
-            "num_heads",
-        ):
-            check_positive_int(getattr(self, name), name)
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
-            )
+        check_positive_fields(self, _POSITIVE_INT_FIELDS)
+        check_patch_size(self)
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must be a multiple of num_heads ({self.num_heads})"
             )
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive; got {self.mlp_ratio!r}")
-        for name in ("dropout", "attention_dropout", "stochastic_depth_prob"):
-            check_probability(getattr(self, name), name)
+        check_mlp_and_dropouts(self)
 
     @property
     def num_patches(self) -> int:
@@ -234,12 +236,9 @@ class VisionTransformer(nn.Module):
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        init_linear_trunc_normal(self, std=0.02)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
+            if isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
