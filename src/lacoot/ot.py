@@ -536,31 +536,13 @@ def max_sliced_wasserstein(
     """
     p = _check_p(p)
     X, Y = _check_clouds(X, Y)
+    common = {"projections": projections, "n_projections": n_projections, "seed": seed,
+              "validate": validate}  # fmt: skip
     if method == "random":
-        value, direction = _msw_random(
-            X,
-            Y,
-            p,
-            projections=projections,
-            n_projections=n_projections,
-            seed=seed,
-            validate=validate,
-        )
+        value, direction = _msw_random(X, Y, p, **common)
     elif method == "ascent":
-        value, direction = _msw_ascent(
-            X,
-            Y,
-            p,
-            projections=projections,
-            n_projections=n_projections,
-            seed=seed,
-            n_iters=n_iters,
-            n_starts=n_starts,
-            n_ascend=n_ascend,
-            init=init,
-            tol=tol,
-            validate=validate,
-        )
+        value, direction = _msw_ascent(X, Y, p, n_iters=n_iters, n_starts=n_starts,
+                                       n_ascend=n_ascend, init=init, tol=tol, **common)  # fmt: skip
     else:
         raise ValueError(f"method={method!r} is not known; expected 'random' or 'ascent'")
     value = _safe_root(value, p)
