@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _nets import EncoderClassifier, ResidualUnit, residual_mlp
+from _nets import (
+    EncoderClassifier,
+    IndexedBlocks,
+    InPlaceUnit,
+    MaskedNet,
+    ParallelScales,
+    ResidualUnit,
+    residual_mlp,
+)
 from torch import nn
 
 import lacoot
 from lacoot.blocks import (
     BlockDiscoveryError,
     CollapsedBlock,
+    CollapseError,
+    _outputs,
+    deleted_from,
     find_blocks,
     identity_blocks,
+    rebuild_removed,
     remove_blocks,
 )
 from lacoot.models import create
@@ -93,15 +105,18 @@ def test_non_container_block_becomes_identity() -> None:
     removed = remove_blocks(model, ["layer4.1"])
     assert isinstance(removed.layer4, nn.Sequential) and len(removed.layer4) == 1
     enc = EncoderClassifier()
-    r = remove_blocks(enc, ["encoder.layers.0"])
+    # a ModuleList's forward is the user's code: deleting from it is checked on an example input
+    r = remove_blocks(enc, ["encoder.layers.0"], torch.randn(2, 5, 8))
     assert len(r.encoder.layers) == 3
 
 
 def test_collapsed_block_passes_its_tensor_and_kwargs() -> None:
-    x = torch.randn(2, 3)
+    x, mask = torch.randn(2, 3), torch.ones(2, 3)
     assert CollapsedBlock()(x, src_mask=None, is_causal=False) is x
-    with pytest.raises(TypeError, match="one tensor"):
-        CollapsedBlock()(x, x)
+    assert CollapsedBlock()(x, mask) is x  # the first tensor flows, the rest is ignored
+    assert CollapsedBlock(flow="h")(mask, h=x) is x  # or the one the block declared
+    with pytest.raises(TypeError, match="passes a tensor argument through; it was given none"):
+        CollapsedBlock()(None, scale=2.0)
 
 
 def test_include_exclude_patterns() -> None:
@@ -207,3 +222,104 @@ def test_remove_blocks_rejects_bad_names() -> None:
         remove_blocks(model, ["1", "1"])
     with pytest.raises(ValueError, match="nested"):
         remove_blocks(model, ["1", "1.fc1"])
+
+
+# ------------------------------------------- collapse computes what identity does, on any model
+def _same_function(a: nn.Module, b: nn.Module, *x: torch.Tensor) -> bool:
+    with torch.no_grad():
+        return torch.allclose(a.eval()(*x), b.eval()(*x), atol=1e-6)
+
+
+@pytest.mark.parametrize("net", [ParallelScales, IndexedBlocks])
+def test_deleting_from_a_module_list_never_changes_the_function(net) -> None:
+    torch.manual_seed(0)
+    model, x = net(), torch.randn(5, 6)
+    reference = identity_blocks(model, ["blocks.1"])
+    for example in (x, None):  # checked on an example, or identity without one
+        collapsed = remove_blocks(model, ["blocks.1"], example)
+        assert _same_function(collapsed, reference, x)
+        assert isinstance(collapsed.blocks[1], CollapsedBlock)
+        assert "blocks.1.fc1.weight" not in collapsed.state_dict()
+        assert deleted_from(collapsed, ["blocks.1"]) == []
+        rebuilt = rebuild_removed(model, ["blocks.1"], [])
+        rebuilt.load_state_dict(collapsed.state_dict())
+    plain = nn.Sequential(*[ResidualUnit(6) for _ in range(3)])  # a chain: deleted
+    assert len(remove_blocks(plain, ["1"], x)) == 2 == len(remove_blocks(plain, ["1"]))
+    assert deleted_from(remove_blocks(plain, ["1"], x), ["1"]) == [""]
+
+
+def test_transformer_encoder_collapses_by_deletion_or_says_which_container_cannot() -> None:
+    torch.manual_seed(0)
+    enc, x = EncoderClassifier(layers=2), torch.randn(2, 5, 8)
+    one = remove_blocks(enc, ["encoder.layers.0"], x)
+    assert len(one.encoder.layers) == 1
+    skipped = _outputs(enc, x, identity=["encoder.layers.0"])  # the layer bypassed by a hook
+    assert torch.allclose(one.eval()(x), skipped, atol=1e-6)
+    with pytest.raises(AttributeError, match=r"removed block 'encoder.layers.0'.*'encoder.layers'"):
+        identity_blocks(enc, ["encoder.layers.0"]).eval()(x)  # torch reads its first layer
+    with pytest.raises(CollapseError, match="'encoder.layers'"):
+        remove_blocks(enc, ["encoder.layers.0", "encoder.layers.1"], x)
+    blocks = find_blocks(enc, x)
+    scores = {b.name: float(i) for i, b in enumerate(blocks)}
+    labels = torch.zeros(2, dtype=torch.long)
+    result = lacoot.sweep(enc, blocks, scores, [(x, labels)], latency_batch_sizes=())
+    assert [p.k for p in result.points] == [0, 1] and "stopped at k=1" in result.stopped
+
+
+@pytest.mark.parametrize("mask_first", [False, True])
+def test_blocks_with_a_mask_are_found_regularised_on_the_flowing_tensor_and_collapse(
+    mask_first: bool,
+) -> None:
+    torch.manual_seed(0)
+    model = MaskedNet(mask_first=mask_first)
+    x, mask = torch.randn(8, 6), (torch.rand(8, 6) > 0.5).float()
+    blocks = find_blocks(model, (x, mask))
+    assert [b.name for b in blocks] == ["first", "rest.a", "rest.b"]
+    with lacoot.MSWRegularizer(model, blocks, method="random", seed=0) as reg:
+        model(x, mask)
+        assert reg._captured["first"][0] is x  # the flowing tensor, not the mask
+        assert reg.penalty() > 0
+    collapsed = remove_blocks(model, ["rest.a"], (x, mask))
+    assert _same_function(collapsed, identity_blocks(model, ["rest.a"]), x, mask)
+    assert isinstance(collapsed.rest["a"], CollapsedBlock)
+
+
+def test_in_place_blocks_are_detected_and_measured_on_their_true_input() -> None:
+    class OutOfPlace(nn.Module):
+        def __init__(self, fc: nn.Linear) -> None:
+            super().__init__()
+            self.fc = fc
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.fc(x)
+
+    torch.manual_seed(0)
+    inplace = nn.Sequential(nn.Linear(6, 6), InPlaceUnit(6), InPlaceUnit(6))
+    twin = nn.Sequential(inplace[0], OutOfPlace(inplace[1].fc), OutOfPlace(inplace[2].fc))
+    x = torch.randn(32, 6)
+    blocks = find_blocks(inplace, x)
+    assert [b.inplace for b in blocks] == [True, True]
+    loader = [(x, torch.zeros(32, dtype=torch.long))]
+    for criterion in ("msw", "cosine"):
+        got = lacoot.score_blocks(inplace, blocks, loader, criterion=criterion)
+        want = lacoot.score_blocks(twin, find_blocks(twin, x), loader, criterion=criterion)
+        assert min(got.values()) > 0
+        assert got == pytest.approx(want, rel=1e-5)
+    with lacoot.MSWRegularizer(inplace, blocks, method="random", seed=0) as reg:
+        inplace(x.clone())
+        got = reg.penalty()
+    with lacoot.MSWRegularizer(twin, blocks, method="random", seed=0) as reg:
+        twin(x.clone())
+        torch.testing.assert_close(got, reg.penalty())
+    with lacoot.MSWRegularizer(inplace, [b.name for b in blocks]):  # names: no record, an error
+        with pytest.raises(RuntimeError, match="modified its input in place"):
+            inplace(x.clone())
+
+
+def test_a_layer_shared_by_two_blocks_is_not_counted_as_removable() -> None:
+    model = residual_mlp(units=3)
+    model[2].fc1 = model[1].fc1  # tied
+    blocks = {b.name: b for b in find_blocks(model, torch.randn(2, 6))}
+    fc = 16 * 16 + 16
+    assert blocks["1"].params == blocks["2"].params == fc  # only the untied fc2
+    assert blocks["3"].params == 2 * fc

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _nets import residual_mlp
+from _nets import TinyLM, TupleInputNet, residual_mlp, token_data
 
 import lacoot
 from lacoot.collapse import Sweep, SweepPoint, choose_blocks
@@ -117,3 +117,48 @@ def test_sweep_with_repair_reports_both_figures() -> None:
     assert fixed.to_dict()["points"][1]["unrepaired"]["test_accuracy"] is not None
     with pytest.raises(ValueError, match="repair='bad'"):
         lacoot.sweep(model, blocks, scores, loader, repair="bad")
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_tuple_and_dict_inputs_work_wherever_a_tensor_does(as_dict: bool) -> None:
+    torch.manual_seed(0)
+    model = TupleInputNet()
+    g = torch.Generator().manual_seed(1)
+    x, meta = torch.randn(64, 6, generator=g), torch.randn(64, 1, generator=g)
+    y = (x[:, 0] > 0).long()
+
+    def pack(a, b):
+        return {"x": a, "meta": b} if as_dict else (a, b)
+
+    loader = [(pack(x[i : i + 16], meta[i : i + 16]), y[i : i + 16]) for i in range(0, 64, 16)]
+    blocks = lacoot.find_blocks(model, pack(x[:2], meta[:2]))
+    assert [b.name for b in blocks] == ["body.0", "body.1", "body.2"]
+    for criterion in ("msw", "cosine", "greedy"):
+        scores = lacoot.score_blocks(model, blocks, loader, criterion=criterion)
+        assert set(scores) == {"body.0", "body.1", "body.2"}
+    result = lacoot.sweep(model, blocks, scores, loader, loader, latency_batch_sizes=(1, 4),
+                          repair="linear")  # fmt: skip
+    assert len(result.points) == 4 and result.points[0].macs > result.points[-1].macs > 0
+    assert all(set(p.latency_ms) == {1, 4} for p in result.points)
+    shallow = lacoot.collapse(model, result.points[2], pack(x[:2], meta[:2]))
+    assert len(shallow.body) == 1
+
+
+def test_a_language_model_sweeps_with_its_own_evaluation_function() -> None:
+    torch.manual_seed(0)
+    model, data = TinyLM(), token_data()
+    blocks = lacoot.find_blocks(model, data[0][0])
+    assert [b.name for b in blocks] == ["layers.0", "layers.1", "layers.2"]
+    with pytest.raises(ValueError, match="token_accuracy"):  # the default refuses (B, T, V)
+        lacoot.sweep(model, blocks, {b.name: 0.0 for b in blocks}, data, latency_batch_sizes=())
+    scores = lacoot.score_blocks(model, blocks, data, criterion="greedy",
+                                 evaluate=lacoot.negative_perplexity)  # fmt: skip
+    result = lacoot.sweep(model, blocks, scores, data, data, latency_batch_sizes=(),
+                          evaluate=lacoot.negative_perplexity)  # fmt: skip
+    assert result.metric == "negative_perplexity" and result.to_dict()["metric"] == result.metric
+    vocab = 11
+    assert all(-vocab * 4 < p.val_accuracy < 0 for p in result.points)  # minus a perplexity
+    assert result.best(max_drop=1e9).k == 3
+    accuracy = lacoot.sweep(model, blocks, scores, data, latency_batch_sizes=(),
+                            evaluate=lacoot.token_accuracy)  # fmt: skip
+    assert 0 <= accuracy.points[1].val_accuracy <= 100

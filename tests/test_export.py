@@ -69,3 +69,25 @@ def test_export_repaired_model_reloads_with_its_patches(trained: Path, work: Pat
         plain = lacoot.remove_blocks(model, ["layer1.1", "layer3.2"]).eval()(x)
     torch.testing.assert_close(got, traced, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)  # the patches and new statistics count
+
+
+def test_a_model_file_without_a_zoo_specification_is_refused_on_save_and_load(tmp_path) -> None:
+    model = lacoot.models.create("resnet20", num_classes=3, in_channels=1, widths=[4, 4, 8])
+    with pytest.raises(ValueError, match=r"spec \{\} lacks \['name', 'num_classes'"):
+        lacoot.save_model(tmp_path / "m.pt", model, {}, ["layer1.0"])
+    assert not (tmp_path / "m.pt").exists()
+    torch.save({"kind": "lacoot-model", "format": 1, "model_spec": {}, "removed": [],
+                "state_dict": {}}, tmp_path / "bad.pt")  # fmt: skip
+    with pytest.raises(ValueError, match="bad.pt.*specification"):
+        lacoot.load(tmp_path / "bad.pt")
+
+
+def test_a_checked_collapse_reloads_with_the_same_function(tmp_path) -> None:
+    spec = {"name": "resnet20", "num_classes": 3, "in_channels": 1,
+            "kwargs": {"widths": [4, 4, 8]}}  # fmt: skip
+    torch.manual_seed(0)
+    model = lacoot.models.create(spec["name"], num_classes=3, in_channels=1, **spec["kwargs"])
+    x = torch.randn(2, 1, 8, 8)
+    shallow = lacoot.collapse(model, ["layer1.1", "layer3.2"], x).eval()
+    lacoot.save_model(tmp_path / "s.pt", shallow, spec, ["layer1.1", "layer3.2"])
+    torch.testing.assert_close(lacoot.load(tmp_path / "s.pt")(x), shallow(x))

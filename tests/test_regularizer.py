@@ -198,3 +198,26 @@ def test_relative_penalty_gradient_flows_to_blocks_only_through_the_distance() -
         reg.penalty().backward()
     assert model[1].fc2.weight.grad is not None and model[1].fc2.weight.grad.abs().sum() > 0
     assert model[2].fc1.weight.grad is None  # not penalised: no gradient at all
+
+
+def test_penalty_is_float32_under_bfloat16_autocast() -> None:
+    torch.manual_seed(0)
+    model = residual_mlp()
+    x = torch.randn(32, 6)
+    blocks = lacoot.find_blocks(model, x)
+    values = {}
+    for amp in (False, True):
+        with lacoot.MSWRegularizer(model, blocks, method="random", seed=0) as reg:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                model(x)
+                values[amp] = reg.penalty()
+    assert values[True].dtype == torch.float32
+    # the features differ (bfloat16 layers), the distance is computed alike
+    torch.testing.assert_close(values[True], values[False], rtol=0.05, atol=0)
+
+
+def test_penalty_without_a_forward_says_what_to_do_also_about_torch_compile() -> None:
+    model = residual_mlp()
+    with lacoot.MSWRegularizer(model, lacoot.find_blocks(model, torch.randn(2, 6))) as reg:
+        with pytest.raises(RuntimeError, match="call the model's forward first.*torch.compile"):
+            reg.penalty()

@@ -269,8 +269,9 @@ def test_linear_patch_ignores_extra_arguments():
     x = torch.randn(3, 4)
     torch.testing.assert_close(patch(x, mask=None), patch.map(x))
     torch.testing.assert_close(patch(x, None, is_causal=False), patch.map(x))
-    with pytest.raises(TypeError, match="one tensor"):
-        patch(x, x)
+    torch.testing.assert_close(patch(x, torch.ones(3, 4)), patch.map(x))  # x flows, mask ignored
+    with pytest.raises(TypeError, match="given none"):
+        patch(None)
 
 
 def test_linear_patch_errors():

@@ -6,10 +6,18 @@ ones without fine-tuning.
 """
 
 from ._version import __version__
-from .blocks import Block, BlockDiscoveryError, find_blocks, identity_blocks, remove_blocks
+from .blocks import (
+    Block,
+    BlockDiscoveryError,
+    CollapseError,
+    find_blocks,
+    identity_blocks,
+    remove_blocks,
+)
 from .collapse import Sweep, SweepPoint, choose_blocks, collapse, removal_order, sweep
 from .criteria import list_criteria, register_criterion, score_blocks
 from .export import load, save_model
+from .metrics import negative_perplexity, token_accuracy, top1_accuracy
 from .ot import max_sliced_wasserstein, sliced_wasserstein, wasserstein_1d
 from .profile import count_macs, count_params, evaluate_accuracy, measure_latency
 from .regularizer import MSWRegularizer
@@ -20,6 +28,7 @@ __all__ = [
     "__version__",
     "Block",
     "BlockDiscoveryError",
+    "CollapseError",
     "LinearPatch",
     "MSWRegularizer",
     "REPAIRS",
@@ -38,6 +47,7 @@ __all__ = [
     "load",
     "max_sliced_wasserstein",
     "measure_latency",
+    "negative_perplexity",
     "recalibrate_bn",
     "register_criterion",
     "removal_order",
@@ -46,6 +56,8 @@ __all__ = [
     "score_blocks",
     "sliced_wasserstein",
     "sweep",
+    "token_accuracy",
+    "top1_accuracy",
     "train",
     "wasserstein_1d",
 ]

@@ -3,8 +3,10 @@
 A block is *collapsible* when, in one traced forward pass, it
 
 * is called exactly once,
-* takes exactly one tensor (other arguments may be ``None``, numbers, flags) and returns one tensor
-  of the same shape and dtype, and
+* returns one tensor of the shape and dtype of the tensor that *flows* through it: its first
+  tensor argument, or the argument its module names in a ``lacoot_flow`` attribute (a position or
+  a keyword). Other arguments (an attention mask, position ids, flags) are passed along and
+  ignored by a collapsed block, and
 * holds parameters (removing a parameter-free module saves nothing).
 
 :func:`find_blocks` returns, by default, the outermost collapsible modules that are not single
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ._flops import flop_counter
+from .inputs import batch_size, call_model
 
 __all__ = [
     "Block",
@@ -40,6 +43,12 @@ __all__ = [
     "remove_blocks",
     "identity_blocks",
     "CollapsedBlock",
+    "CollapseError",
+    "flow_tensor",
+    "deleted_from",
+    "rebuild_removed",
+    "replace_arg",
+    "tensor_version",
 ]
 
 
@@ -60,11 +69,15 @@ class Block:
     shape : tuple of int
         Per-sample shape of its input and output (batch dimension excluded).
     params : int
-        Parameter elements it holds.
+        Parameter elements its removal removes (those it shares with a module outside it, a
+        tied layer say, are not counted).
     macs : int
         Multiply-accumulates of one call, per sample, on the traced example.
     order : int
         Position in execution order among all traced module calls (0 = first).
+    inplace : bool
+        The block modified its input in place (``x += f(x)``) in the traced pass; hooks then copy
+        its input before it runs, so its distance is measured on the true input.
     """
 
     name: str
@@ -73,6 +86,7 @@ class Block:
     params: int
     macs: int
     order: int
+    inplace: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,9 +103,11 @@ class ModuleCall:
     order: int
     calls: int = 0
     tensor_inputs: int = 0
-    input: Tensor | None = None
+    input: Tensor | None = None  # the flowing tensor (see flow_tensor)
     output: Any = None
     callees: list[ModuleCall] = field(default_factory=list)
+    version: int = 0  # the input's version counter before the call
+    inplace: bool = False  # the call modified its input in place
 
     @property
     def single_tensor_in_out(self) -> bool:
@@ -105,15 +121,15 @@ class ModuleCall:
         """Why this module cannot collapse to identity, or ``None`` if it can."""
         if self.calls != 1:
             return f"called {self.calls} times per forward; a block must be called once"
-        if self.tensor_inputs != 1:
-            return f"takes {self.tensor_inputs} tensors; a block takes exactly one"
+        if self.input is None:
+            return "takes no tensor; a block passes a tensor through"
         if not isinstance(self.output, Tensor):
             return f"returns {type(self.output).__name__}; a block returns one tensor"
-        assert self.input is not None
         if self.output.shape != self.input.shape or self.output.dtype != self.input.dtype:
             return (
                 f"changes shape {_shape(self.input)}->{_shape(self.output)}; only shape-preserving "
-                "blocks can be collapsed"
+                "blocks can be collapsed (the flowing tensor is the first tensor argument unless "
+                "the module names another in `lacoot_flow`)"
             )
         if not any(True for _ in self.module.parameters()):
             return "holds no parameters; removing it saves nothing"
@@ -135,6 +151,34 @@ def _shape(t: Tensor) -> str:
     return "(" + ",".join(str(s) for s in t.shape[1:]) + ")"
 
 
+def flow_tensor(
+    args: tuple, kwargs: dict, flow: int | str | None = None
+) -> tuple[Tensor | None, int | str | None]:
+    """The tensor that flows through a block call, and where it is: ``args[flow]`` or
+    ``kwargs[flow]`` when ``flow`` (the module's ``lacoot_flow``) is given, else the first tensor
+    among the positional, then the keyword arguments. ``(None, None)`` when there is none."""
+    if flow is not None:
+        if isinstance(flow, str):
+            value = kwargs.get(flow)
+        else:
+            value = args[flow] if 0 <= flow < len(args) else None
+        return (value, flow) if isinstance(value, Tensor) else (None, None)
+    for i, value in enumerate(args):
+        if isinstance(value, Tensor):
+            return value, i
+    for key, value in kwargs.items():
+        if isinstance(value, Tensor):
+            return value, key
+    return None, None
+
+
+def replace_arg(args: tuple, kwargs: dict, where: int | str, value: Any) -> tuple[tuple, dict]:
+    """``args``/``kwargs`` with the argument at ``where`` (a position or a keyword) replaced."""
+    if isinstance(where, str):
+        return args, {**kwargs, where: value}
+    return (*args[:where], value, *args[where + 1 :]), kwargs
+
+
 def count_tensor_args(args: tuple, kwargs: dict) -> tuple[int, Tensor | None]:
     """Number of tensor arguments of a call, and the tensor itself if there is exactly one."""
     tensors = []
@@ -151,7 +195,7 @@ def count_tensor_args(args: tuple, kwargs: dict) -> tuple[int, Tensor | None]:
 
 @torch.no_grad()
 def trace_modules(
-    model: nn.Module, example_input: Tensor | Sequence[Any]
+    model: nn.Module, example_input: Any
 ) -> tuple[dict[str, ModuleCall], dict[str, int]]:
     """Run one forward pass in eval mode and record every module call.
 
@@ -170,7 +214,9 @@ def trace_modules(
             counter[0] += 1
         rec.calls += 1
         if rec.calls == 1:
-            rec.tensor_inputs, rec.input = count_tensor_args(args, kwargs)
+            rec.tensor_inputs, _ = count_tensor_args(args, kwargs)
+            rec.input, _ = flow_tensor(args, kwargs, getattr(module, "lacoot_flow", None))
+            rec.version = tensor_version(rec.input)
             if stack:
                 stack[-1].callees.append(rec)
         stack.append(rec)
@@ -179,6 +225,7 @@ def trace_modules(
         rec = stack.pop()
         if rec.calls == 1:
             rec.output = output
+            rec.inplace = rec.input is not None and tensor_version(rec.input) != rec.version
 
     for name, module in model.named_modules():
         handles.append(
@@ -195,10 +242,7 @@ def trace_modules(
     model.eval()
     try:
         with flop_counter() as flops:
-            if isinstance(example_input, Tensor):
-                model(example_input)
-            else:
-                model(*example_input)
+            call_model(model, example_input)
     finally:
         model.train(was_training)
         for h in handles:
@@ -212,20 +256,36 @@ def trace_modules(
     return calls, macs
 
 
-def _batch_size(example_input: Tensor | Sequence[Any]) -> int:
-    first = example_input if isinstance(example_input, Tensor) else example_input[0]
-    return int(first.shape[0]) if isinstance(first, Tensor) and first.dim() > 0 else 1
+def tensor_version(t: Tensor | None) -> int:
+    """A tensor's in-place version counter (0 for None or a tensor without one)."""
+    try:
+        return int(t._version) if t is not None else 0
+    except RuntimeError:  # inference tensors have no version counter
+        return 0
 
 
-def _make_block(rec: ModuleCall, macs: dict[str, int], batch: int) -> Block:
+def _own_params(model: nn.Module, name: str) -> int:
+    """Parameter elements that removing block ``name`` removes: its parameters that no module
+    outside it uses (a layer shared with another block stays)."""
+    outside = {
+        id(p)
+        for n, p in model.named_parameters(remove_duplicate=False)
+        if not n.startswith(name + ".")
+    }
+    mine = {id(p): p for p in model.get_submodule(name).parameters()}
+    return sum(p.numel() for i, p in mine.items() if i not in outside)
+
+
+def _make_block(model: nn.Module, rec: ModuleCall, macs: dict[str, int], batch: int) -> Block:
     assert rec.input is not None
     return Block(
         name=rec.name,
         kind=type(rec.module).__name__,
         shape=tuple(rec.input.shape[1:]),
-        params=sum(p.numel() for p in rec.module.parameters()),
+        params=_own_params(model, rec.name),
         macs=macs.get(rec.name, 0) // max(batch, 1),
         order=rec.order,
+        inplace=rec.inplace,
     )
 
 
@@ -297,7 +357,7 @@ def _check_not_nested(names: Iterable[str], error: type[ValueError] = ValueError
 
 def find_blocks(
     model: nn.Module,
-    example_input: Tensor | Sequence[Any],
+    example_input: Any,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     use_declared: bool = True,
@@ -308,8 +368,9 @@ def find_blocks(
     ----------
     model : nn.Module
         Any model; it is run once in eval mode without gradients and left in its original mode.
-    example_input : Tensor or sequence
-        One example batch, e.g. ``(B, C, H, W)``; a sequence is unpacked as positional arguments.
+    example_input : Tensor, tuple or dict
+        One example batch, e.g. ``(B, C, H, W)``; a tuple is unpacked as positional arguments, a
+        dict as keyword arguments (:func:`lacoot.inputs.call_model`).
     include : str or list of str, optional
         Glob patterns over qualified module names: ``*`` and ``?`` match within one dotted part,
         ``**`` across parts (``"layer*.1"`` matches ``layer3.1``, not ``layer3.0.downsample.1``).
@@ -364,8 +425,8 @@ def find_blocks(
             )
     chosen = [r for r in chosen if not any(match_name(r.name, p) for p in excludes)]
     _check_not_nested((r.name for r in chosen), BlockDiscoveryError)
-    batch = _batch_size(example_input)
-    return sorted((_make_block(r, macs, batch) for r in chosen), key=lambda b: b.order)
+    batch = batch_size(example_input)
+    return sorted((_make_block(model, r, macs, batch) for r in chosen), key=lambda b: b.order)
 
 
 def _names(blocks: Iterable[str | Block]) -> list[str]:
@@ -414,28 +475,59 @@ def _split(name: str) -> tuple[str, str]:
     return parent, child
 
 
-class CollapsedBlock(nn.Identity):
-    """``nn.Identity`` that stands for a removed block: returns the block's one tensor argument.
+class CollapseError(ValueError):
+    """Removing blocks would change what the model computes, or leaves a model that cannot run."""
 
-    Unlike ``nn.Identity`` it accepts the extra arguments its caller passes to the block (masks,
-    flags), e.g. ``src_mask=None`` from ``nn.TransformerEncoder``.
+
+class CollapsedBlock(nn.Identity):
+    """``nn.Identity`` that stands for a removed block: returns the tensor that flowed through it.
+
+    It accepts every argument its caller passes to the block (masks, position ids, flags) and
+    returns the flowing one: ``args[flow]``/``kwargs[flow]`` when the block declared
+    ``lacoot_flow``, else its first tensor argument. ``removed`` is the block's name, used in
+    error messages.
     """
 
+    def __init__(self, flow: int | str | None = None, removed: str = "") -> None:
+        super().__init__()
+        self.flow, self.removed = flow, removed
+
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        n, tensor = count_tensor_args(args, kwargs)
-        if n != 1 or tensor is None:
-            raise TypeError(f"a collapsed block passes one tensor through; it was given {n}")
+        tensor, _ = flow_tensor(args, kwargs, self.flow)
+        if tensor is None:
+            where = f"argument {self.flow!r}" if self.flow is not None else "a tensor argument"
+            raise TypeError(f"a collapsed block passes {where} through; it was given none")
         return tensor
+
+    def __getattr__(self, attr: str) -> Any:
+        try:
+            return super().__getattr__(attr)
+        except AttributeError:
+            removed = self.__dict__.get("removed") or "?"
+            parent = removed.rpartition(".")[0] or "the model"
+            raise AttributeError(
+                f"{type(self).__name__} stands for the removed block {removed!r} and has no "
+                f"attribute {attr!r}: the code holding it ({parent!r}) reads the block's "
+                "attributes, so replacing it by identity cannot run there. Remove it with "
+                "remove_blocks(..., example_input=...), which deletes it from its container "
+                "when that computes the same function"
+            ) from None
+
+
+def _collapsed(model: nn.Module, name: str) -> CollapsedBlock:
+    flow = getattr(model.get_submodule(name), "lacoot_flow", None)
+    return CollapsedBlock(flow, removed=name)
 
 
 def identity_blocks(model: nn.Module, blocks: Iterable[str | Block]) -> nn.Module:
-    """A copy of ``model`` with each block replaced by ``nn.Identity``; the original is kept."""
+    """A copy of ``model`` with each block replaced by :class:`CollapsedBlock` (identity on its
+    flowing tensor); the original is kept. This defines what a collapse computes."""
     names = _names(blocks)
     new = copy.deepcopy(model)
     for name in names:
         _check_exists(model, name)
         parent, child = _split(name)
-        setattr(new.get_submodule(parent), child, CollapsedBlock())
+        setattr(new.get_submodule(parent), child, _collapsed(model, name))
     return new
 
 
@@ -448,30 +540,121 @@ def _check_exists(model: nn.Module, name: str) -> None:
         raise ValueError(f"block {name!r} is not a sub-module of {type(model).__name__}") from None
 
 
-def remove_blocks(model: nn.Module, blocks: Iterable[str | Block]) -> nn.Module:
-    """A copy of ``model`` with the blocks removed (the original is untouched).
+def deleted_from(collapsed: nn.Module, names: Iterable[str]) -> list[str]:
+    """The containers of ``collapsed`` (a result of :func:`remove_blocks`) from which the
+    removed ``names`` were deleted (the others stand as :class:`CollapsedBlock` or another
+    stand-in at their name)."""
+    out = set()
+    for name in names:
+        try:
+            kept = isinstance(collapsed.get_submodule(name), CollapsedBlock)
+        except AttributeError:  # deleted from the end of its container
+            kept = False
+        if not kept:
+            out.add(_split(name)[0])
+    return sorted(out)
 
-    A block held by an ``nn.Sequential`` or ``nn.ModuleList`` is deleted from it (the container is
-    renumbered, as ``del container[i]`` does); any other block is replaced by
-    :class:`CollapsedBlock` (an ``nn.Identity``).
-    Either way its weights leave the state dict and the function computed is that of
-    :func:`identity_blocks`.
+
+def rebuild_removed(model: nn.Module, names: Sequence[str], deleted: Iterable[str]) -> nn.Module:
+    """:func:`remove_blocks` as it was done once: ``names`` deleted from the containers
+    ``deleted`` (:func:`deleted_from`), replaced by identity elsewhere (to load saved weights)."""
+    return _build(model, list(names), set(deleted))
+
+
+def _build(model: nn.Module, names: Sequence[str], delete_in: set[str]) -> nn.Module:
+    """A copy of ``model`` without ``names``: deleted from the containers in ``delete_in``
+    (renumbering them, as ``del container[i]`` does), replaced by identity elsewhere."""
+    new = copy.deepcopy(model)
+    deletions: dict[str, list[int]] = {}
+    for name in names:
+        parent_name, child = _split(name)
+        if parent_name in delete_in:
+            parent = new.get_submodule(parent_name)
+            deletions.setdefault(parent_name, []).append(list(parent._modules).index(child))
+        else:
+            setattr(new.get_submodule(parent_name), child, _collapsed(model, name))
+    for parent_name, indices in deletions.items():
+        parent = new.get_submodule(parent_name)
+        for i in sorted(indices, reverse=True):
+            del parent[i]
+    return new
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, example: Any, identity: Sequence[str] = ()) -> Any:
+    """``model``'s output on ``example`` in eval mode, with the blocks ``identity`` made identity
+    by hooks (the modules stay in place), or the exception it raised."""
+
+    def skip(m: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        return flow_tensor(args, kwargs, getattr(m, "lacoot_flow", None))[0]
+
+    handles = [model.get_submodule(n).register_forward_hook(skip, with_kwargs=True)
+               for n in identity]  # fmt: skip
+    was_training = model.training
+    model.eval()
+    try:
+        return call_model(model, example)
+    except Exception as exc:  # a model that cannot run is an answer here
+        return exc
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, BaseException) or isinstance(b, BaseException):
+        return False
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6,
+                                                          equal_nan=True))  # fmt: skip
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def remove_blocks(
+    model: nn.Module, blocks: Iterable[str | Block], example_input: Any = None
+) -> nn.Module:
+    """A copy of ``model`` without the blocks (the original is untouched), computing exactly
+    what :func:`identity_blocks` computes.
+
+    A block is deleted from the ``nn.Sequential`` or ``nn.ModuleList`` that holds it (the
+    container renumbered) where that computes the same function, and replaced by
+    :class:`CollapsedBlock` elsewhere; either way its weights leave the state dict. With
+    ``example_input`` (a batch, as for :func:`find_blocks`) every deletion is checked on it
+    against identity replacement: a container whose deletion changes the output (a forward that
+    pairs blocks with another list, or indexes them) keeps identity in its place. Without it,
+    blocks are deleted from ``nn.Sequential`` (whose forward is the chain) and replaced by
+    identity in any other container. A model that neither can run is a :class:`CollapseError`
+    naming the container (``nn.TransformerEncoder`` without any layer, say).
     """
     names = _names(blocks)
     for name in names:
         _check_exists(model, name)
     _check_not_nested(names)
-    new = copy.deepcopy(model)
-    deletions: dict[str, list[int]] = {}
-    for name in names:
-        parent_name, child = _split(name)
-        parent = new.get_submodule(parent_name)
-        if isinstance(parent, (nn.Sequential, nn.ModuleList)):
-            deletions.setdefault(parent_name, []).append(list(parent._modules).index(child))
-        else:
-            setattr(parent, child, CollapsedBlock())
-    for parent_name, indices in deletions.items():
-        parent = new.get_submodule(parent_name)
-        for i in sorted(indices, reverse=True):
-            del parent[i]
+    containers = sorted({_split(n)[0] for n in names if isinstance(
+        model.get_submodule(_split(n)[0]), (nn.Sequential, nn.ModuleList))})  # fmt: skip
+    if example_input is None:
+        sequential = {c for c in containers if isinstance(model.get_submodule(c), nn.Sequential)}
+        return _build(model, names, sequential)
+    reference = _outputs(model, example_input, identity=names)
+    delete_in: set[str] = set()
+    for c in containers:  # keep each container's deletion that computes the same
+        if _same(_outputs(_build(model, names, delete_in | {c}), example_input), reference):
+            delete_in.add(c)
+    new = _build(model, names, delete_in)
+    got = _outputs(new, example_input)
+    if not _same(got, reference):
+        failed = got if isinstance(got, BaseException) else reference
+        why = (f"{type(failed).__name__}: {failed}" if isinstance(failed, BaseException)
+               else "its output differs")  # fmt: skip
+        where = ", ".join(repr(_split(n)[0] or "<model>") for n in names)
+        raise CollapseError(
+            f"removing {names} leaves a model that cannot compute what identity in their place "
+            f"computes, whether they are deleted from or replaced in {where} ({why}); remove "
+            "fewer blocks there"
+        )
     return new

@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .blocks import Block, remove_blocks
-from .profile import compare_latency, count_macs, count_params, evaluate_accuracy, model_device
+from .blocks import Block, CollapseError, remove_blocks
+from .inputs import first_samples, repeat_sample, to_device
+from .metrics import Metric, metric_name, top1_accuracy
+from .profile import compare_latency, count_macs, count_params, model_device
 
 __all__ = ["removal_order", "choose_blocks", "collapse", "sweep", "Sweep", "SweepPoint"]
 
@@ -68,7 +70,9 @@ def choose_blocks(
 class SweepPoint:
     """The model with its ``k`` lowest-scored blocks removed (and repaired), measured.
 
-    Accuracies are top-1 in percent, of the repaired model when the sweep repairs;
+    ``val_accuracy`` and ``test_accuracy`` hold the sweep's evaluation function
+    (:attr:`Sweep.metric`; top-1 accuracy in percent by default), of the repaired model when the
+    sweep repairs;
     ``unrepaired`` holds the ``val_accuracy`` and ``test_accuracy`` of the same collapse without
     repair (equal when the sweep does not repair). ``macs`` (per sample), ``params`` and
     ``latency_ms`` (batch size -> median forward time in milliseconds) are the repaired model's,
@@ -93,12 +97,18 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class Sweep:
-    """Measurements of a cumulative collapse, ``points[k]`` with ``k`` blocks removed."""
+    """Measurements of a cumulative collapse, ``points[k]`` with ``k`` blocks removed.
+
+    ``metric`` names the evaluation function the points hold (higher is better); ``stopped``
+    says why the sweep ended before removing every block of ``order`` (None when it did not).
+    """
 
     order: tuple[str, ...]
     points: tuple[SweepPoint, ...]
     repair: str = "none"
     calib_samples: int = 0  # calibration images each repair used (0: no repair)
+    metric: str = "top1_accuracy"
+    stopped: str | None = None
 
     @property
     def full(self) -> SweepPoint:
@@ -115,7 +125,8 @@ class Sweep:
         Parameters
         ----------
         max_drop : float, optional
-            Largest allowed drop of validation accuracy from the full model, in percentage points.
+            Largest allowed drop of the validation metric from the full model, in its units
+            (percentage points for accuracies).
         max_macs : float, optional
             Largest allowed MACs as a fraction of the full model's, in ``(0, 1]``.
         max_blocks : int, optional
@@ -168,17 +179,24 @@ class Sweep:
             "order": list(self.order),
             "repair": self.repair,
             "calib_samples": self.calib_samples,
+            "metric": self.metric,
+            "stopped": self.stopped,
             "points": [p.to_dict() for p in self.points],
         }
 
 
-def collapse(model: nn.Module, selection: SweepPoint | Iterable[str | Block]) -> nn.Module:
-    """A new, physically shallower model without the selected blocks (the original is untouched).
+def collapse(
+    model: nn.Module, selection: SweepPoint | Iterable[str | Block], example_input: Any = None
+) -> nn.Module:
+    """A new, shallower model without the selected blocks (the original is untouched), computing
+    exactly what identity in their place computes (:func:`lacoot.blocks.remove_blocks`; with
+    ``example_input`` deletions from any container are checked on it, without it only
+    ``nn.Sequential`` ones are made).
 
     ``selection`` is a :class:`SweepPoint` (e.g. ``sweep.best(max_drop=0.5)``) or block names.
     """
     names = selection.removed if isinstance(selection, SweepPoint) else selection
-    return remove_blocks(model, names)
+    return remove_blocks(model, names, example_input)
 
 
 def sweep(
@@ -188,7 +206,7 @@ def sweep(
     val_loader: Loader | None,
     test_loader: Loader | None = None,
     max_blocks: int | None = None,
-    example_input: Tensor | None = None,
+    example_input: Any = None,
     latency_batch_sizes: Sequence[int] = (1,),
     warmup: int = 3,
     repeats: int = 10,
@@ -196,6 +214,7 @@ def sweep(
     calib_loader: Loader | None = None,
     calib_samples: int = 2048,
     progress: Callable[[str], None] | None = None,
+    evaluate: Metric | None = None,
 ) -> Sweep:
     """Remove blocks cumulatively in score order and measure every step ``k = 0..K``.
 
@@ -205,13 +224,14 @@ def sweep(
         The trained model (left untouched).
     blocks, scores
         From :func:`lacoot.find_blocks` and :func:`lacoot.score_blocks`.
-    val_loader, test_loader : iterable of (inputs, labels), optional
-        Accuracy is measured on each given loader.
+    val_loader, test_loader : iterable of (inputs, targets), optional
+        The evaluation function runs on each given loader; inputs may be a tensor, a tuple or a
+        dict (:mod:`lacoot.inputs`).
     max_blocks : int, optional
         ``K``; all blocks by default.
-    example_input : Tensor, optional
-        One sample with its batch dimension, ``(1, ...)``, used for MACs and latency; by default
-        the first sample of ``val_loader`` (or ``test_loader``).
+    example_input : Tensor, tuple or dict, optional
+        A batch (its first sample is used for MACs and latency, all of it to check each
+        deletion); by default the first sample of ``val_loader`` (or ``test_loader``).
     latency_batch_sizes : sequence of int
         Batch sizes at which latency is measured (empty: no latency).
     warmup, repeats : int
@@ -226,6 +246,12 @@ def sweep(
         Calibration images per repair.
     progress : callable, optional
         Called with a short message after each measured ``k``.
+    evaluate : callable, optional
+        ``fn(model, loader) -> float``, higher is better (:mod:`lacoot.metrics`:
+        ``top1_accuracy``, the default, ``token_accuracy``, ``negative_perplexity``).
+
+    A collapse that cannot be built (:class:`lacoot.blocks.CollapseError`: no container can
+    run without the blocks) ends the sweep there; :attr:`Sweep.stopped` says why.
     """
     from .repair import check_repair
     from .repair import repair as repair_model
@@ -239,69 +265,88 @@ def sweep(
     if repair != "none" and calib is None:
         raise ValueError(f"repair={repair!r} needs calibration data; pass calib_loader=...")
     device = model_device(model)
-    example = _example_input(example_input, val_loader, test_loader).to(device)
+    example = to_device(_example_input(example_input, val_loader, test_loader), device)
     say = progress if progress is not None else (lambda message: None)
-    plain = [remove_blocks(model, order[:k]) if k else model for k in range(K + 1)]
+    evaluate = evaluate if evaluate is not None else top1_accuracy
+    one = first_samples(example, 1)  # MACs are per sample
+    plain, stopped = _collapses(model, order[:K], example)
     models = plain
     if repair != "none":
         models = [model] + [
             repair_model(model, order[:k], calib, method=repair, n_samples=calib_samples)
-            for k in range(1, K + 1)
+            for k in range(1, len(plain))
         ]
-        say(f"repaired {K} collapses ({repair}, {calib_samples} calibration images)")
+        say(f"repaired {len(plain) - 1} collapses ({repair}, {calib_samples} calibration images)")
     latencies = _latencies(models, example, latency_batch_sizes, warmup, repeats, say)
     points = []
     for k, current in enumerate(models):
-        accuracy = _accuracies(current, val_loader, test_loader)
+        scores = _evaluate(evaluate, current, val_loader, test_loader)
         unrepaired = (
-            accuracy if current is plain[k] else _accuracies(plain[k], val_loader, test_loader)
+            scores
+            if current is plain[k]
+            else _evaluate(evaluate, plain[k], val_loader, test_loader)
         )
         points.append(
-            SweepPoint(k=k, removed=tuple(order[:k]), val_accuracy=accuracy["val_accuracy"],
-                       test_accuracy=accuracy["test_accuracy"],
-                       macs=count_macs(current, example[:1]), params=count_params(current),
-                       latency_ms=latencies[k], unrepaired=unrepaired)
+            SweepPoint(k=k, removed=tuple(order[:k]), val_accuracy=scores["val_accuracy"],
+                       test_accuracy=scores["test_accuracy"], macs=count_macs(current, one),
+                       params=count_params(current), latency_ms=latencies[k],
+                       unrepaired=unrepaired)
         )  # fmt: skip
-        shown = {n: "-" if v is None else f"{v:.2f}%" for n, v in accuracy.items()}
+        shown = {n: "-" if v is None else f"{v:.4g}" for n, v in scores.items()}
         say(f"k={k}: val {shown['val_accuracy']}, test {shown['test_accuracy']}")
+    if stopped:
+        say(stopped)
     del models, plain
     if device.type == "cuda":
         torch.cuda.empty_cache()
     used = calib_samples if repair != "none" else 0
-    return Sweep(order=tuple(order), points=tuple(points), repair=repair, calib_samples=used)
+    return Sweep(order=tuple(order), points=tuple(points), repair=repair, calib_samples=used,
+                 metric=metric_name(evaluate), stopped=stopped)  # fmt: skip
 
 
-def _example_input(
-    given: Tensor | None, val_loader: Loader | None, test_loader: Loader | None
-) -> Tensor:
-    """``given``, or the first sample of the first loader given, ``(1, ...)``."""
+def _collapses(
+    model: nn.Module, order: Sequence[str], example: Any
+) -> tuple[list[nn.Module], str | None]:
+    """The model with its first ``k`` blocks removed, ``k = 0, 1, ...`` until ``order`` ends or
+    a collapse cannot be built (then the reason)."""
+    models = [model]
+    for k in range(1, len(order) + 1):
+        try:
+            models.append(remove_blocks(model, order[:k], example))
+        except CollapseError as exc:
+            return models, f"stopped at k={k - 1}: {exc}"
+    return models, None
+
+
+def _example_input(given: Any, val_loader: Loader | None, test_loader: Loader | None) -> Any:
+    """``given``, or the first sample of the first loader given (batch of 1)."""
     if given is not None:
         return given
     source = val_loader if val_loader is not None else test_loader
     if source is None:
         raise ValueError("pass example_input, or a loader to take one sample from")
-    return next(iter(source))[0][:1]
+    return first_samples(next(iter(source))[0], 1)
 
 
 def _latencies(
-    models: Sequence[nn.Module], example: Tensor, batch_sizes: Sequence[int], warmup: int,
+    models: Sequence[nn.Module], example: Any, batch_sizes: Sequence[int], warmup: int,
     repeats: int, say: Callable[[str], None],
 ) -> list[dict[int, float]]:  # fmt: skip
     """Median latency (ms) of every model at every batch size, the models taking turns."""
     latencies: list[dict[int, float]] = [{} for _ in models]
     for bs in batch_sizes:
         say(f"latency of {len(models)} models at batch {bs}")
-        batch = example.expand(bs, *example.shape[1:]).contiguous()
+        batch = repeat_sample(example, bs)
         timed = compare_latency(list(models), batch, warmup=warmup, repeats=repeats)
         for lat, t in zip(latencies, timed, strict=True):
             lat[bs] = t.median_ms
     return latencies
 
 
-def _accuracies(
-    model: nn.Module, val_loader: Loader | None, test_loader: Loader | None
+def _evaluate(
+    evaluate: Metric, model: nn.Module, val_loader: Loader | None, test_loader: Loader | None
 ) -> dict[str, float | None]:
     return {
-        "val_accuracy": None if val_loader is None else evaluate_accuracy(model, val_loader),
-        "test_accuracy": None if test_loader is None else evaluate_accuracy(model, test_loader),
+        "val_accuracy": None if val_loader is None else evaluate(model, val_loader),
+        "test_accuracy": None if test_loader is None else evaluate(model, test_loader),
     }

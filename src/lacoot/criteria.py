@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import Block
+from .inputs import call_model, model_device, to_device
+from .metrics import Metric, top1_accuracy
 from .ot import max_sliced_wasserstein
-from .profile import model_device
 from .regularizer import block_io_hooks
 
 __all__ = [
@@ -45,11 +46,9 @@ __all__ = [
 
 BatchScore = Callable[[Tensor, Tensor, int], Tensor]
 StaticScore = Callable[[Sequence[Block], int], dict[str, float]]
-# (model, blocks, calibration loader, repair, calibration samples, progress) -> scores
-ModelScore = Callable[
-    [nn.Module, Sequence[Block], Iterable, str, int, Callable[[str], None] | None],
-    dict[str, float],
-]
+# (model, blocks, calibration loader, repair, calibration samples, progress, evaluate=...)
+# -> scores; ``evaluate`` (keyword) is the evaluation function a candidate is judged by
+ModelScore = Callable[..., dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class Criterion:
     Exactly one of ``batch_score`` (data-driven: ``(X, Y, seed) -> scalar`` for one batch with
     ``X, Y: (B, D)``, averaged over batches weighted by ``B``), ``static_score`` (blocks and seed
     to scores, no data) and ``model_score`` (runs collapsed models on the calibration data:
-    ``(model, blocks, loader, repair, calib_samples) -> scores``) is set.
+    ``(model, blocks, loader, repair, calib_samples, progress, evaluate=fn) -> scores``) is set.
     """
 
     name: str
@@ -178,15 +177,16 @@ def _greedy(
     repair: str,
     calib_samples: int,
     progress: Callable[[str], None] | None = None,
+    evaluate: Metric | None = None,
 ) -> dict[str, float]:
-    from .profile import evaluate_accuracy
     from .repair import repair as repair_model
 
+    evaluate = evaluate if evaluate is not None else top1_accuracy
     removed: list[str] = []
     remaining = sorted(blocks, key=lambda b: -b.order)  # ties go to the deeper block
     while len(remaining) > 1:
         accuracy = {
-            b.name: evaluate_accuracy(
+            b.name: evaluate(
                 repair_model(model, [*removed, b.name], loader, repair, calib_samples), loader
             )
             for b in remaining
@@ -195,7 +195,7 @@ def _greedy(
         removed.append(best.name)
         remaining.remove(best)
         if progress is not None:
-            progress(f"greedy step {len(removed)}: {best.name} ({accuracy[best.name]:.2f}%)")
+            progress(f"greedy step {len(removed)}: {best.name} ({accuracy[best.name]:.4g})")
     removed += [b.name for b in remaining]
     return {name: float(i) for i, name in enumerate(removed)}
 
@@ -222,6 +222,7 @@ def score_blocks(
     repair: str = "bn",
     calib_samples: int = 2048,
     progress: Callable[[str], None] | None = None,
+    evaluate: Metric | None = None,
 ) -> dict[str, float]:
     """Score every block; lower scores are removed first.
 
@@ -247,6 +248,9 @@ def score_blocks(
         evaluated on the whole of ``loader``.
     progress : callable, optional
         Called with a short message after each step of a criterion that runs models.
+    evaluate : callable, optional
+        ``fn(model, loader) -> float`` (higher is better) with which criteria that run models
+        judge a candidate (:mod:`lacoot.metrics`; top-1 accuracy by default).
 
     Returns
     -------
@@ -265,7 +269,9 @@ def score_blocks(
         from .repair import check_repair
 
         check_repair(repair)
-        return crit.model_score(model, blocks, loader, repair, calib_samples, progress)
+        return crit.model_score(
+            model, blocks, loader, repair, calib_samples, progress, evaluate=evaluate
+        )
     assert crit.batch_score is not None
     batch_score = crit.batch_score
     sums = {b.name: 0.0 for b in blocks}
@@ -285,12 +291,12 @@ def score_blocks(
     was_training = model.training
     model.eval()
     device = model_device(model)
-    handles = block_io_hooks(model, [b.name for b in blocks], on_block)
+    handles = block_io_hooks(model, blocks, on_block)
     try:
         for i, (x, _) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            model(x.to(device, non_blocking=True))
+            call_model(model, to_device(x, device, non_blocking=True))
             step[0] += 1
     finally:
         for h in handles:

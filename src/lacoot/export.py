@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ._io import atomic_write_bytes
 from ._version import __version__
-from .blocks import remove_blocks
+from .blocks import rebuild_removed
 
 __all__ = [
     "save_model", "load", "export_torchscript", "export_onnx", "check_onnx", "export_model",
@@ -40,13 +40,17 @@ def save_model(
     ``kwargs``), the removed block names (original numbering) and the weights. Removed blocks
     that a :class:`lacoot.repair.LinearPatch` stands in for (``repair="linear"``) are recorded
     with their patch's shape, so :func:`load` rebuilds them."""
+    from .blocks import deleted_from
     from .repair import LinearPatch
+
+    _check_spec(spec)
 
     patched = {
         name: {"channels": m.channels, "conv": m.conv}
         for name, m in model.named_modules()
         if isinstance(m, LinearPatch)
     }
+    deleted = deleted_from(model, [n for n in removed if n not in patched])
     buffer = io.BytesIO()
     torch.save(
         {
@@ -56,11 +60,32 @@ def save_model(
             "model_spec": spec,
             "removed": list(removed),
             "patched": patched,
+            "deleted_from": deleted,
             "state_dict": model.state_dict(),
         },
         buffer,
     )
     atomic_write_bytes(path, buffer.getvalue())
+
+
+SPEC_KEYS = ("name", "num_classes", "in_channels")
+
+
+def _check_spec(spec: Any, where: str = "spec") -> None:
+    """A zoo specification: a dict with a registered ``name``, ``num_classes``, ``in_channels``
+    and optional ``kwargs``."""
+    from .models import list_models
+
+    missing = [k for k in SPEC_KEYS if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        raise ValueError(
+            f"{where} {spec!r} lacks {missing}; expected a zoo model specification "
+            "{'name', 'num_classes', 'in_channels', 'kwargs'} (lacoot.load rebuilds zoo models "
+            "only; save any other model with torch.save)"
+        )
+    if spec["name"] not in list_models():
+        raise ValueError(f"{where} names model {spec['name']!r}, which is not in the zoo; "
+                         f"valid names: {', '.join(list_models())}")  # fmt: skip
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -82,7 +107,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
         raise ValueError(f"model file {str(path)!r} cannot be read safely ({first})") from None
     if not isinstance(state, dict) or state.get("kind") != "lacoot-model":
         raise ValueError(f"{str(path)!r} is not a lacoot model file (see lacoot export)")
-    spec = state["model_spec"]
+    spec = state.get("model_spec")
+    _check_spec(spec, f"model file {str(path)!r}: its specification")
     model = create(
         spec["name"],
         num_classes=spec["num_classes"],
@@ -93,7 +119,13 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     for name, shape in patched.items():  # in place, before any deletion renumbers a container
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, LinearPatch(shape["channels"], shape["conv"]))
-    model = remove_blocks(model, [n for n in state["removed"] if n not in patched])
+    names = [n for n in state["removed"] if n not in patched]
+    deleted = state.get("deleted_from")
+    if deleted is None:  # written before lacoot recorded it: every container deleted from
+        parents = {n.rpartition(".")[0] for n in names}
+        containers = (nn.Sequential, nn.ModuleList)
+        deleted = [p for p in parents if isinstance(model.get_submodule(p), containers)]
+    model = rebuild_removed(model, names, deleted)
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -431,12 +431,12 @@ def run_export(
         unknown = [n for n in removed if n not in names]
         if unknown:
             raise ValueError(f"blocks {unknown} are not collapsible; expected some of {names}")
+    example = _example(state["image_shape"], dev, batch=1)
     if opts.repair == "none" or not removed:
-        shallow = remove_blocks(model, removed).eval()
+        shallow = remove_blocks(model, removed, example).eval()
     else:
         _, calib, _ = calibration_data(spec, dev, data_dir, seed)
         shallow = repair(model, removed, calib, opts.repair, opts.calib_samples).eval()
-    example = _example(state["image_shape"], dev, batch=1)
     return export_model(shallow, output, fmt, example, state["model_spec"], removed)
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ._flops import flop_counter
+from .inputs import batch_size, call_model, model_device
+from .metrics import top1_accuracy
 
 __all__ = [
     "count_macs",
@@ -29,17 +32,8 @@ __all__ = [
 ]
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the first parameter (or buffer) of ``model``; CPU for a model with neither."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
-def count_macs(model: nn.Module, example_input: Tensor) -> int:
+def count_macs(model: nn.Module, example_input: Any) -> int:
     """Multiply-accumulate operations of one forward pass on ``example_input`` (batch included).
 
     Counted by torch's FLOP counter in eval mode; operations it does not count (element-wise
@@ -49,7 +43,7 @@ def count_macs(model: nn.Module, example_input: Tensor) -> int:
     model.eval()
     try:
         with flop_counter() as counter:
-            model(example_input)
+            call_model(model, example_input)
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
@@ -82,7 +76,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def measure_latency(
-    model: nn.Module, example_input: Tensor, warmup: int = 5, repeats: int = 20
+    model: nn.Module, example_input: Any, warmup: int = 5, repeats: int = 20
 ) -> Latency:
     """Wall-clock time of ``model(example_input)`` in eval mode.
 
@@ -95,7 +89,7 @@ def measure_latency(
 
 @torch.no_grad()
 def compare_latency(
-    models: Sequence[nn.Module], example_input: Tensor, warmup: int = 3, repeats: int = 10
+    models: Sequence[nn.Module], example_input: Any, warmup: int = 3, repeats: int = 10
 ) -> list[Latency]:
     """Latency of several models on one input, measured side by side.
 
@@ -110,21 +104,21 @@ def compare_latency(
     modes = [m.training for m in models]
     for m in models:
         m.eval()
-    device = example_input.device
+    device = model_device(models[0]) if models else torch.device("cpu")
     times: list[list[float]] = [[] for _ in models]
     try:
         for round_ in range(warmup + repeats):
             for i, m in enumerate(models):
                 _sync(device)
                 start = time.perf_counter()
-                m(example_input)
+                call_model(m, example_input)
                 _sync(device)
                 if round_ >= warmup:
                     times[i].append((time.perf_counter() - start) * 1e3)
     finally:
         for m, mode in zip(models, modes, strict=True):
             m.train(mode)
-    batch = int(example_input.shape[0])
+    batch = batch_size(example_input)
     return [_summary(t, batch) for t in times]
 
 
@@ -139,22 +133,4 @@ def _summary(times: list[float], batch_size: int) -> Latency:
     )
 
 
-@torch.no_grad()
-def evaluate_accuracy(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]]) -> float:
-    """Top-1 accuracy in percent of ``model`` over ``(inputs, labels)`` batches, in eval mode."""
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    correct = total = 0
-    try:
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            correct += int((model(x).argmax(dim=1) == y).sum())
-            total += y.numel()
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ValueError(
-            "the loader yielded no samples; expected at least one (inputs, labels) batch"
-        )
-    return 100.0 * correct / total
+evaluate_accuracy = top1_accuracy  # the name lacoot has always exported

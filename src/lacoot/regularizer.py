@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .blocks import Block, count_tensor_args
+from .blocks import Block, flow_tensor, replace_arg, tensor_version
 from .distributed import gather_batch
 from .ot import Method, max_sliced_wasserstein
 
@@ -46,26 +46,56 @@ def power_spread(X: Tensor, init: Tensor | None = None, n_iters: int = 2) -> tup
     return (Xc @ v).norm() / Xc.shape[0] ** 0.5, v
 
 
-def block_io_hooks(
-    model: nn.Module, names: Iterable[str], callback: Any
-) -> list[torch.utils.hooks.RemovableHandle]:
-    """Install forward hooks calling ``callback(name, block_input, block_output)`` on each block.
+def _at_least_float32(t: Tensor) -> Tensor:
+    """Half precision features (autocast, bfloat16 models) in float32; float64 kept."""
+    return t if t.dtype == torch.float64 else t.float()
 
-    Both tensors keep their batch dimension: ``(B, ...)``. Returns the handles to remove.
+
+def block_io_hooks(
+    model: nn.Module, blocks: Iterable[Block | str], callback: Any
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Install hooks calling ``callback(name, block_input, block_output)`` after each block runs.
+
+    ``block_input`` is the tensor flowing through the block (its first tensor argument, or the one
+    its module names in ``lacoot_flow``; masks and other arguments are not passed on); both keep
+    their batch dimension, ``(B, ...)``. A :class:`Block` found modifying its input in place
+    (``Block.inplace``) runs on a copy, so its input is seen as it was; a block given by name that
+    turns out to do so is a ``RuntimeError`` (its input would be lost). Returns the handles.
     """
     handles = []
-    for name in names:
+    for block in blocks:
+        name = block.name if isinstance(block, Block) else str(block)
+        copy_input = isinstance(block, Block) and block.inplace
         module = model.get_submodule(name)
+        flow = getattr(module, "lacoot_flow", None)
+        seen: dict[str, Any] = {}
 
-        def hook(m: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name) -> None:
-            _, x = count_tensor_args(args, kwargs)
-            if x is None or not isinstance(output, Tensor):
-                raise TypeError(
-                    f"block {name!r} must take one tensor and return one tensor during training"
+        def pre(m: nn.Module, args: tuple, kwargs: dict, name: str = name, flow: Any = flow,
+                seen: dict = seen, copy_input: bool = copy_input) -> Any:  # fmt: skip
+            x, where = flow_tensor(args, kwargs, flow)
+            if x is None:
+                raise TypeError(f"block {name!r} was called without a tensor to pass through")
+            seen["x"], seen["version"] = x, tensor_version(x)
+            if copy_input:
+                return replace_arg(args, kwargs, where, x.clone())
+            return None
+
+        def post(m: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name,
+                 seen: dict = seen) -> None:  # fmt: skip
+            x = seen.pop("x")
+            if not isinstance(output, Tensor):
+                raise TypeError(f"block {name!r} returned {type(output).__name__}; a block "
+                                "returns one tensor")  # fmt: skip
+            if tensor_version(x) != seen["version"]:
+                raise RuntimeError(
+                    f"block {name!r} modified its input in place (x += ...), so its input is "
+                    "lost; pass the Block found by lacoot.find_blocks (it records this and the "
+                    "input is copied first), or compute out of place (x = x + ...)"
                 )
             callback(name, x, output)
 
-        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
     return handles
 
 
@@ -130,6 +160,7 @@ class MSWRegularizer:
             raise ValueError(f"lam={lam!r} is negative or NaN; expected lam >= 0")
         if method not in ("ascent", "random"):
             raise ValueError(f"method={method!r} is not known; expected 'ascent' or 'random'")
+        blocks = list(blocks)
         self.names = [b.name if isinstance(b, Block) else str(b) for b in blocks]
         if not self.names:
             raise ValueError("no blocks given; expected at least one block to regularise")
@@ -147,7 +178,7 @@ class MSWRegularizer:
         self.directions: dict[str, Tensor] = {}
         self.last: dict[str, Tensor] = {}
         self._captured: dict[str, tuple[Tensor, Tensor]] = {}
-        self._handles = block_io_hooks(model, self.names, self._capture)
+        self._handles = block_io_hooks(model, blocks, self._capture)
 
     def _capture(self, name: str, x: Tensor, y: Tensor) -> None:
         self._captured[name] = (x, y)
@@ -195,7 +226,11 @@ class MSWRegularizer:
         """
         if not self._captured:
             raise RuntimeError(
-                "no block was run since the last penalty(); call the model's forward first"
+                "no hooked block ran since the last penalty(): call the model's forward first. "
+                "If the model was compiled (torch.compile) before this MSWRegularizer was "
+                "attached, the compiled code does not run hooks added later: attach the "
+                "regularizer first and compile afterwards (or call torch._dynamo.reset() after "
+                "attaching it)"
             )
         captured, self._captured = self._captured, {}
         values = []
@@ -209,11 +244,12 @@ class MSWRegularizer:
                 x, y = both[:, 0], both[:, 1]
             if x.shape[0] < 2:
                 continue
-            value = self.distance(name, x, y)
-            if self.relative:
-                spread, v = power_spread(x.flatten(1), self.directions.get(name + SPREAD_KEY))
-                self.directions[name + SPREAD_KEY] = v
-                value = value / spread.clamp_min(torch.finfo(spread.dtype).tiny)
+            with torch.autocast(x.device.type, enabled=False):  # distances in float32
+                value = self.distance(name, _at_least_float32(x), _at_least_float32(y))
+                if self.relative:
+                    spread, v = power_spread(x.flatten(1), self.directions.get(name + SPREAD_KEY))
+                    self.directions[name + SPREAD_KEY] = v
+                    value = value / spread.clamp_min(torch.finfo(spread.dtype).tiny)
             self.last[name] = value.detach()
             values.append(value)
         self.steps += 1

@@ -35,9 +35,10 @@ from .blocks import (
     _check_not_nested,
     _names,
     _split,
-    count_tensor_args,
+    flow_tensor,
     remove_blocks,
 )
+from .inputs import batch_size, call_model, first_samples, to_device
 from .profile import model_device
 from .regularizer import block_io_hooks
 
@@ -57,15 +58,16 @@ def _check_n_samples(n_samples: int) -> None:
         raise ValueError(f"n_samples={n_samples!r}; expected an int >= 1")
 
 
-def _inputs(loader: Iterable[Any], n_samples: int) -> Iterator[Tensor]:
-    """Input tensors of the loader's batches, the last one cut so that exactly n_samples pass."""
+def _inputs(loader: Iterable[Any], n_samples: int) -> Iterator[Any]:
+    """Inputs of the loader's ``(inputs, targets)`` batches (a tensor, tuple or dict), the last
+    one cut so that exactly n_samples pass."""
     seen = 0
     for batch in loader:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        x = x[: n_samples - seen]
-        if len(x) == 0:
+        x = first_samples(x, n_samples - seen)
+        if batch_size(x) == 0:
             continue
-        seen += len(x)
+        seen += batch_size(x)
         yield x
         if seen >= n_samples:
             return
@@ -172,8 +174,8 @@ def recalibrate_bn(model: nn.Module, loader: Iterable[Any], n_samples: int = 102
     try:
         with torch.no_grad():
             for x in _inputs(loader, n_samples):
-                new(x.to(device))
-                seen += len(x)
+                call_model(new, to_device(x, device))
+                seen += batch_size(x)
     finally:
         for h in handles:
             h.remove()
@@ -201,30 +203,34 @@ class LinearPatch(nn.Module):
     Notes
     -----
     Like :class:`lacoot.blocks.CollapsedBlock`, the forward accepts the extra arguments the caller
-    passes to the block (masks, flags) and ignores them; it needs exactly one tensor argument.
+    passes to the block (masks, flags) and maps the flowing one: ``flow`` (the block's
+    ``lacoot_flow``) or its first tensor argument.
     """
 
-    def __init__(self, channels: int, conv: bool = False) -> None:
+    def __init__(self, channels: int, conv: bool = False, flow: int | str | None = None) -> None:
         super().__init__()
-        self.channels, self.conv = int(channels), bool(conv)
+        self.channels, self.conv, self.flow = int(channels), bool(conv), flow
         self.map: nn.Module = (
             nn.Conv2d(channels, channels, 1) if conv else nn.Linear(channels, channels)
         )
 
     @classmethod
-    def from_affine(cls, weight: Tensor, bias: Tensor, conv: bool = False) -> LinearPatch:
+    def from_affine(
+        cls, weight: Tensor, bias: Tensor, conv: bool = False, flow: int | str | None = None
+    ) -> LinearPatch:
         """Patch computing ``y = weight @ x + bias`` per position; ``weight: (C, C)``,
         ``bias: (C,)``, on their device and dtype."""
-        patch = cls(weight.shape[1], conv).to(device=weight.device, dtype=weight.dtype)
+        patch = cls(weight.shape[1], conv, flow).to(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             patch.map.weight.copy_(weight.reshape(patch.map.weight.shape))
             patch.map.bias.copy_(bias)
         return patch
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        n, x = count_tensor_args(args, kwargs)
-        if n != 1 or x is None:
-            raise TypeError(f"a linear patch maps one tensor; it was given {n}")
+        x, _ = flow_tensor(args, kwargs, self.flow)
+        if x is None:
+            raise TypeError("a linear patch maps the tensor flowing through its block; it was "
+                            "given none")  # fmt: skip
         return self.map(x)
 
 
@@ -272,7 +278,7 @@ class _Stop(Exception):
     """Raised by a capture hook to end a forward pass once the block has been seen."""
 
 
-def _capture(model: nn.Module, name: str, x: Tensor, output: bool) -> Tensor:
+def _capture(model: nn.Module, name: str, x: Any, output: bool) -> Tensor:
     """The input (or output) of block ``name`` when ``model`` runs on ``x``; the forward stops
     right after the block."""
     seen: list[Tensor] = []
@@ -283,7 +289,7 @@ def _capture(model: nn.Module, name: str, x: Tensor, output: bool) -> Tensor:
 
     handles = block_io_hooks(model, [name], grab)
     try:
-        model(x)
+        call_model(model, x)
     except _Stop:
         pass
     finally:
@@ -294,7 +300,7 @@ def _capture(model: nn.Module, name: str, x: Tensor, output: bool) -> Tensor:
     return seen[0]
 
 
-def _execution_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]:
+def _execution_order(model: nn.Module, names: list[str], x: Any) -> list[str]:
     """``names`` in the order their blocks run on ``x``, after checking each can be patched."""
     order: list[str] = []
 
@@ -314,7 +320,7 @@ def _execution_order(model: nn.Module, names: list[str], x: Tensor) -> list[str]
 
     handles = block_io_hooks(model, names, record)
     try:
-        model(x)
+        call_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -332,20 +338,23 @@ def _rows(t: Tensor) -> Tensor:
 
 
 def _fit_patch(
-    model: nn.Module, new: nn.Module, name: str, batches: list[Tensor], ridge: float
+    model: nn.Module, new: nn.Module, name: str, batches: list[Any], ridge: float
 ) -> LinearPatch:
     """Patch for ``name``: input as seen in ``new`` (earlier blocks patched), target = output of
     the original ``model``, on the same batches."""
     device, normal = model_device(model), _Normal()
     x_in = None
     for x in batches:
-        x = x.to(device)
+        x = to_device(x, device)
         target = _capture(model, name, x, output=True)
         x_in = _capture(new, name, x, output=False)
         normal.add(_rows(x_in), _rows(target))
     assert x_in is not None
     weight, bias = normal.solve(ridge)
-    return LinearPatch.from_affine(weight.to(x_in.dtype), bias.to(x_in.dtype), conv=x_in.dim() == 4)
+    flow = getattr(model.get_submodule(name), "lacoot_flow", None)
+    return LinearPatch.from_affine(
+        weight.to(x_in.dtype), bias.to(x_in.dtype), conv=x_in.dim() == 4, flow=flow
+    )
 
 
 def linear_patch(
@@ -412,7 +421,7 @@ def linear_patch(
     new.eval()
     try:
         with torch.no_grad():
-            for name in _execution_order(model, names, batches[0].to(model_device(model))):
+            for name in _execution_order(model, names, to_device(batches[0], model_device(model))):
                 patch = _fit_patch(model, new, name, batches, ridge).eval()
                 parent, child = _split(name)
                 setattr(new.get_submodule(parent), child, patch)
@@ -463,8 +472,11 @@ def repair(
     if method != "none" and loader is None:
         raise ValueError(f"method={method!r} needs a calibration loader; got loader=None")
     names = _names(removed)
+    example = None
+    if loader is not None:  # a few samples to check each deletion (remove_blocks)
+        example = to_device(first_samples(next(iter(loader))[0], 2), model_device(model))
     if method == "none":
-        return remove_blocks(model, names)
+        return remove_blocks(model, names, example)
     if method == "bn":
-        return recalibrate_bn(remove_blocks(model, names), loader, n_samples)
+        return recalibrate_bn(remove_blocks(model, names, example), loader, n_samples)
     return recalibrate_bn(linear_patch(model, names, loader, n_samples), loader, n_samples)

@@ -40,6 +40,8 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .device import resolve_device
+from .inputs import call_model, first_samples, to_device
+from .metrics import logits_of
 from .regularizer import MSWRegularizer
 from .trainlog import EpochLog, EpochSums, progress_bar
 
@@ -172,8 +174,8 @@ def _evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> tuple
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x).float()
+        x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = logits_of(call_model(model, x)).float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         total += y.numel()
@@ -212,9 +214,10 @@ def _penalty_on(
     names = list(targets) if targets is not None else _penalized(blocks, cfg)
     if not names or cfg.lam <= 0:
         return None
+    by_name = {b.name: b for b in blocks}
     return MSWRegularizer(
         model,
-        names,
+        [by_name.get(n, n) for n in names],
         lam=cfg.lam,
         method=cfg.method,
         n_projections=cfg.n_projections,
@@ -243,7 +246,7 @@ def choose_targets(
         scores = score_blocks(
             model, blocks, loader, criterion=cfg.target_criterion, seed=cfg.seed, max_batches=8
         )
-        example = next(iter(loader))[0][:1].to(device)
+        example = to_device(first_samples(next(iter(loader))[0], 1), device)
         full = count_macs(model, example)
     finally:
         set_rng_state(rng)
@@ -389,12 +392,12 @@ def _step(
 ) -> tuple[Tensor, Tensor, bool]:  # fmt: skip
     """One step on the batch ``(x, y)``; returns the task loss, the penalty and whether a stop
     was asked for."""
-    x, y = x.to(run.dev, non_blocking=True), y.to(run.dev, non_blocking=True)
+    x, y = to_device(x, run.dev, non_blocking=True), y.to(run.dev, non_blocking=True)
     skip = run.cfg.nonfinite == "skip"  # a skipped batch must not touch BN statistics
     kept = [b.detach().clone() for b in run.model.buffers()] if skip else []
     amp = run.cfg.amp and run.dev.type == "cuda"
     with torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=amp):
-        logits = run.net(x) if run.net is not None else run.model(x)
+        logits = logits_of(call_model(run.net if run.net is not None else run.model, x))
     task = F.cross_entropy(logits.float(), y)
     penalty = run.reg.penalty() if run.reg is not None else torch.zeros((), device=run.dev)
     loss = task + penalty
