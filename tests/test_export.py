@@ -24,6 +24,8 @@ def test_export_round_trip(trained: Path, work: Path, fmt: str) -> None:
         "--output", str(target), "--repair", "none", cwd=work,
     ).stdout  # fmt: skip
     assert target.is_file()
+    assert ("batch norm folded" in out) == (fmt != "pt")  # inference formats fold by default
+    assert "M MACs per sample" in out and "ms per sample" in out
     written = target.read_bytes()
     again = lacoot_cmd(
         "export", str(trained), "--blocks", "1", "--format", fmt, "--output", str(target),
@@ -91,3 +93,16 @@ def test_a_checked_collapse_reloads_with_the_same_function(tmp_path) -> None:
     shallow = lacoot.collapse(model, ["layer1.1", "layer3.2"], x).eval()
     lacoot.save_model(tmp_path / "s.pt", shallow, spec, ["layer1.1", "layer3.2"])
     torch.testing.assert_close(lacoot.load(tmp_path / "s.pt")(x), shallow(x))
+
+
+def test_no_fold_bn_keeps_the_batch_norms_of_an_inference_export(trained: Path, work: Path) -> None:
+    graphs = {}
+    for flag in ("--fold-bn", "--no-fold-bn"):
+        target = work / f"kept{flag}.torchscript"
+        lacoot_cmd("export", str(trained), "--blocks", "layer1.1", "--format", "torchscript",
+                   "--output", str(target), "--repair", "none", flag, cwd=work)  # fmt: skip
+        graphs[flag] = str(torch.jit.load(str(target)).inlined_graph)
+    assert "batch_norm" in graphs["--no-fold-bn"] and "batch_norm" not in graphs["--fold-bn"]
+    err = lacoot_cmd("export", str(trained), "--blocks", "1", "--format", "pt", "--fold-bn",
+                     "--output", str(work / "f.pt"), cwd=work, check=2).stderr  # fmt: skip
+    assert "fold_bn=True needs an inference format" in err

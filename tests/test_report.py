@@ -63,6 +63,10 @@ def test_one_order_and_no_repair_render_without_the_comparison() -> None:
     text = render_markdown(report)
     assert "- repair: `none` (none)" in text
     assert "by block order" not in text
+    report["sweeps"]["cosine"]["metric"] = "negative_perplexity"  # the sweep's own metric
+    assert "| k | removed | val negative_perplexity | test negative_perplexity |" in (
+        render_markdown(report)
+    )
 
 
 def test_write_report_writes_json_markdown_and_the_plot(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "rebuild_removed",
     "replace_arg",
     "tensor_version",
+    "outputs_match",
 ]
 
 
@@ -602,16 +603,19 @@ def _outputs(model: nn.Module, example: Any, identity: Sequence[str] = ()) -> An
             h.remove()
 
 
-def _same(a: Any, b: Any) -> bool:
+def outputs_match(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+    """Whether two model outputs (tensors, or tuples/lists/dicts of them) are equal within
+    ``rtol``/``atol``; an exception on either side never matches."""
     if isinstance(a, BaseException) or isinstance(b, BaseException):
         return False
     if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-5, atol=1e-6,
-                                                          equal_nan=True))  # fmt: skip
+        close = torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True)
+        return a.shape == b.shape and bool(close)
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(outputs_match(a[k], b[k], rtol, atol) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        pairs = zip(a, b, strict=False)
+        return len(a) == len(b) and all(outputs_match(x, y, rtol, atol) for x, y in pairs)
     return type(a) is type(b) and a == b
 
 
@@ -643,11 +647,11 @@ def remove_blocks(
     reference = _outputs(model, example_input, identity=names)
     delete_in: set[str] = set()
     for c in containers:  # keep each container's deletion that computes the same
-        if _same(_outputs(_build(model, names, delete_in | {c}), example_input), reference):
+        if outputs_match(_outputs(_build(model, names, delete_in | {c}), example_input), reference):
             delete_in.add(c)
     new = _build(model, names, delete_in)
     got = _outputs(new, example_input)
-    if not _same(got, reference):
+    if not outputs_match(got, reference):
         failed = got if isinstance(got, BaseException) else reference
         why = (f"{type(failed).__name__}: {failed}" if isinstance(failed, BaseException)
                else "its output differs")  # fmt: skip

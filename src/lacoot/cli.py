@@ -175,6 +175,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     done = run_export(
         args.checkpoint, args.output, blocks, args.format, _collapse_config(args, EXPORT_OPTIONS),
         device=args.device, data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
+        fold_bn=args.fold_bn,
     )  # fmt: skip
     if args.format == "onnx":
         diff = done["onnx_max_abs_diff"]
@@ -183,7 +184,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             if diff is None
             else f"onnxruntime check: max abs difference {diff:.2e}"
         )
-    print(f"exported the model without {done['removed']} to {done['path']} ({done['format']})")
+    print(
+        f"exported the model without {done['removed']} to {done['path']} ({done['format']}"
+        + (", batch norm folded" if done["folded_bn"] else "")
+        + f"): {done['macs'] / 1e6:.2f} M MACs per sample, {done['params'] / 1e6:.3f} M "
+        f"parameters, {done['latency_ms']:.2f} ms per sample (batch 1, eager PyTorch)"
+    )
     return 0
 
 
@@ -262,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(p, CollapseConfig, EXPORT_OPTIONS)
     p.add_argument("--format", choices=FORMATS, default="pt", help="file format")
+    p.add_argument(
+        "--fold-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fold batch norm into the layer before it (default: on for torchscript and onnx)",
+    )
     p.add_argument("--output", required=True, help="file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT file")
     p.set_defaults(func=cmd_export)

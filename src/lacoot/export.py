@@ -204,12 +204,32 @@ def export_model(
     example_input: Tensor,
     spec: dict[str, Any],
     removed: Sequence[str],
+    fold_bn: bool | None = None,
+    latency_repeats: int = 20,
 ) -> dict[str, Any]:
-    """Write a collapsed zoo model in one of :data:`FORMATS`; an ONNX file is checked against
-    the model (:func:`check_onnx`). Returns ``{"path", "format", "removed",
-    "onnx_max_abs_diff"}`` (the last None unless checked)."""
+    """Write a collapsed zoo model in one of :data:`FORMATS` and measure what was written.
+
+    ``fold_bn`` (default: on for ``torchscript`` and ``onnx``, the inference formats; ``pt``
+    files are rebuilt from the zoo by :func:`load` and keep their batch norms) folds every batch
+    norm into the layer before it (:func:`lacoot.fold.fold_batchnorm`, checked on
+    ``example_input``). An ONNX file is checked in onnxruntime (:func:`check_onnx`). Returns
+    ``{"path", "format", "removed", "folded_bn", "macs", "params", "latency_ms",
+    "onnx_max_abs_diff"}``: MACs per sample and parameters of the exported model, its median
+    latency in milliseconds at the batch of ``example_input`` (eager PyTorch, ``latency_repeats``
+    timed passes), the ONNX difference None unless checked.
+    """
+    from .fold import fold_batchnorm
+    from .profile import count_macs, count_params, measure_latency
+
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
+    fold = fmt != "pt" if fold_bn is None else bool(fold_bn)
+    if fold and fmt == "pt":
+        raise ValueError(
+            "fold_bn=True needs an inference format (torchscript or onnx): a pt file is rebuilt "
+            "from the zoo by lacoot.load, batch norms included"
+        )
+    model = fold_batchnorm(model, example_input) if fold else model.eval()
     diff = None
     if fmt == "pt":
         save_model(path, model, spec, removed)
@@ -218,4 +238,9 @@ def export_model(
     else:
         export_onnx(model, example_input, path)
         diff = check_onnx(model, path, example_input)
-    return {"path": str(path), "format": fmt, "removed": list(removed), "onnx_max_abs_diff": diff}
+    latency = measure_latency(model, example_input, repeats=latency_repeats)
+    return {
+        "path": str(path), "format": fmt, "removed": list(removed), "folded_bn": fold,
+        "macs": count_macs(model, example_input[:1]), "params": count_params(model),
+        "latency_ms": latency.median_ms, "onnx_max_abs_diff": diff,
+    }  # fmt: skip

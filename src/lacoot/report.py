@@ -109,7 +109,10 @@ def _md_chosen(report: dict[str, Any]) -> list[str]:
 def _md_sweep(report: dict[str, Any]) -> list[str]:
     points, latencies = _points(report)
     full = points[0]
-    headers = ["k", "removed", "val acc %", "test acc %", "unrepaired val / test %", "MACs (M)"]
+    metric = report["sweeps"][report["criterion"]].get("metric", "top1_accuracy")
+    unit = "acc %" if metric == "top1_accuracy" else metric
+    headers = ["k", "removed", f"val {unit}", f"test {unit}", f"unrepaired val / test {unit}"]
+    headers += ["MACs (M)"]
     headers += ["MACs %", "params (M)"]
     headers += [f"latency b={b} (ms)" for b in latencies]
     rows = []
@@ -127,7 +130,9 @@ def _md_sweep(report: dict[str, Any]) -> list[str]:
         ]
         row += [f"{p['latency_ms'][b]:.2f}" for b in latencies]
         rows.append(row)
-    return [f"## Sweep (`{report['criterion']}` order)\n", markdown_table(headers, rows)]
+    out = [f"## Sweep (`{report['criterion']}` order)\n", markdown_table(headers, rows)]
+    stopped = report["sweeps"][report["criterion"]].get("stopped")
+    return out + ([f"The sweep {stopped}\n"] if stopped else [])
 
 
 def _md_orders(report: dict[str, Any]) -> list[str]:
