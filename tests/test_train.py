@@ -116,3 +116,31 @@ def test_penalize_patterns_and_errors(tmp_path) -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             TrainConfig(**kwargs)
+
+
+def test_channels_last_trains_the_same_model() -> None:
+    runs = {}
+    for fmt in (False, True):
+        model, blocks = tiny_model()
+        cfg = TrainConfig(**{**CFG.to_dict(), "epochs": 1, "channels_last": fmt})
+        runs[fmt] = (train(model, blocks, tiny_loader(), None, cfg, device="cpu",
+                           progress=False).history[-1], model)  # fmt: skip
+    assert runs[True][1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert runs[True][0]["train_loss"] == pytest.approx(runs[False][0]["train_loss"], rel=1e-4)
+    for a, b in zip(runs[False][1].parameters(), runs[True][1].parameters(), strict=True):
+        assert float((a - b).detach().abs().max()) < 0.02  # rounding, amplified by 6 steps
+
+
+def test_the_penalty_keeps_working_under_torch_compile() -> None:
+    torch.manual_seed(0)
+    model, loader = residual_mlp(), _data(64)
+    blocks = lacoot.find_blocks(model, loader[0][0][:2])
+    cfg = TrainConfig(epochs=2, lam=0.5, compile=True, target_blocks=2, target_warmup=1,
+                      schedule="constant", lr=0.05)  # fmt: skip
+    result = train(model, blocks, loader, loader, cfg, device="cpu", progress=False)
+    first, second = result.history
+    assert all(first[f"msw/{b.name}"] > 0 for b in blocks)  # every block's hooks ran
+    assert sorted(k for k in second if k.startswith("msw/")) == sorted(
+        f"msw/{n}" for n in result.penalized
+    )  # the targets' new hooks ran in the recompiled model
+    assert len(result.penalized) == 2 and second["train_penalty"] > 0

@@ -243,6 +243,12 @@ class TrainConfig(Options):
                                 expect=">= 1")  # fmt: skip
     n_iters: int = option(2, "ascent steps per training step", check=lambda v: v >= 0,
                           expect=">= 0")  # fmt: skip
+    channels_last: bool = option(False, "channels-last memory format for the model and its "
+                                 "4-D inputs")  # fmt: skip
+    compile: bool = option(
+        False, "torch.compile the model for training (the penalty's hooks are attached first; "
+        "compiled again when a budget's targets are chosen)",
+    )  # fmt: skip
     grad_clip: float | None = option(None, "largest gradient norm (none: no clipping)",
                                      check=_positive, expect="> 0")  # fmt: skip
     nonfinite: str = option("stop", "on a non-finite loss: stop (keep the last checkpoint) or "

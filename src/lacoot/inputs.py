@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Inputs", "to_device", "call_model", "first_samples", "repeat_sample", "batch_size",
-    "model_device",
+    "model_device", "channels_last",
 ]  # fmt: skip
 
 Inputs = Tensor | Sequence[Any] | Mapping[str, Any]
@@ -85,3 +85,9 @@ def first_samples(inputs: Any, n: int = 1) -> Any:
 def repeat_sample(inputs: Any, n: int) -> Any:
     """A batch of ``n`` copies of the first sample (contiguous; for latency measurements)."""
     return _map(inputs, lambda t: t[:1].expand(n, *t.shape[1:]).contiguous() if t.dim() else t)
+
+
+def channels_last(inputs: Any) -> Any:
+    """Every 4-D tensor of the inputs in channels-last memory format (others unchanged)."""
+    return _map(inputs, lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4
+                else t)  # fmt: skip

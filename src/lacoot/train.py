@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .device import resolve_device
-from .inputs import call_model, first_samples, to_device
+from .inputs import call_model, channels_last, first_samples, to_device
 from .metrics import logits_of
 from .regularizer import MSWRegularizer
 from .trainlog import EpochLog, EpochSums, progress_bar
@@ -359,16 +359,23 @@ def _resume(run: _Run) -> tuple[int, int, dict[str, Any] | None]:
     return epoch, batch, state.get("partial") if batch else None
 
 
-def _parallel(model: nn.Module, dev: torch.device) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel under torchrun, else itself."""
-    if not dist_.info().distributed:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
+def _parallel(model: nn.Module, dev: torch.device, cfg: TrainConfig) -> nn.Module:
+    """What the training steps call: ``model`` wrapped in DistributedDataParallel under torchrun,
+    then compiled with ``cfg.compile`` (after the penalty's hooks are attached: compiled code
+    does not run hooks added later)."""
+    net = model
+    if dist_.info().distributed:
+        from torch.nn.parallel import DistributedDataParallel
 
-    if dev.type == "cuda":
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        return DistributedDataParallel(model, device_ids=[index])
-    return DistributedDataParallel(model)
+        if dev.type == "cuda":
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            net = DistributedDataParallel(model, device_ids=[index])
+        else:
+            net = DistributedDataParallel(model)
+    if cfg.compile:
+        torch._dynamo.reset()  # forget code compiled before the current hooks
+        net = torch.compile(net)
+    return net
 
 
 def _choose_targets_when_due(run: _Run, epoch: int, loader: Iterable, progress: bool) -> None:
@@ -382,6 +389,8 @@ def _choose_targets_when_due(run: _Run, epoch: int, loader: Iterable, progress: 
         choose_targets(run.model, run.blocks, loader, cfg, run.dev)
     )
     run.reg = _penalty_on(run.model, run.blocks, run.targets, cfg, replaces=run.reg)
+    if cfg.compile:  # new hooks: compile again
+        run.net = _parallel(run.model, run.dev, cfg)
     if run.main and progress:
         print(f"lacoot: penalising only {run.targets}", file=sys.stderr)
 
@@ -393,6 +402,8 @@ def _step(
     """One step on the batch ``(x, y)``; returns the task loss, the penalty and whether a stop
     was asked for."""
     x, y = to_device(x, run.dev, non_blocking=True), y.to(run.dev, non_blocking=True)
+    if run.cfg.channels_last:
+        x = channels_last(x)
     skip = run.cfg.nonfinite == "skip"  # a skipped batch must not touch BN statistics
     kept = [b.detach().clone() for b in run.model.buffers()] if skip else []
     amp = run.cfg.amp and run.dev.type == "cuda"
@@ -563,7 +574,9 @@ def train(
     """
     run = _prepare(model, blocks, train_loader, cfg, out_dir, device, meta)
     start_epoch, start_batch, partial = _resume(run) if resume else (0, 0, None)
-    run.net = _parallel(run.model, run.dev)
+    if cfg.channels_last:
+        run.model.to(memory_format=torch.channels_last)
+    run.net = _parallel(run.model, run.dev, cfg)
     log = EpochLog(run.out, run.main)
     try:
         with _GracefulStop(announce=run.main) as stopper:
