@@ -139,6 +139,7 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             "main-spread4-rnd0.3", "main", epochs, spread4 | {"lam": 0.3}, config="spread4-rnd0.3"
         ),  # fmt: skip
         Job("main-budget4-rnd5", "main", epochs, budget4 | {"lam": 5.0}, config="budget4-rnd5"),
+        Job("main-budget4-rnd2", "main", epochs, budget4 | {"lam": 2.0}, config="budget4-rnd2"),
         Job("main-budget4-rnd1", "main", epochs, budget4 | {"lam": 1.0}, config="budget4-rnd1"),
         Job(
             "main-budget4-rnd0.3", "main", epochs, budget4 | {"lam": 0.3}, config="budget4-rnd0.3"

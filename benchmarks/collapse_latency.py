@@ -1,0 +1,199 @@
+"""Does a collapse's MACs saving become time? Full against collapsed latency, side by side.
+
+For ``resnet18`` (CIFAR stem) and ``resnet56`` (3x32x32 inputs, 10 classes, random weights with
+non-trivial batch-norm statistics), the collapse nearest to 46% of the MACs (the paper's ResNet-18
+point) in deepest-first order is timed against the full model at batch 1 and ``--batch``:
+
+* ``eager``: PyTorch as the sweep measures it;
+* ``eager, BN folded``: batch norm folded into the convolutions (``lacoot.fold``, what
+  ``lacoot export`` writes for inference);
+* ``eager, BN folded, channels-last``: the same in NHWC memory format;
+* ``onnxruntime``: the folded models exported to ONNX and run on ONNX Runtime's CPU provider.
+
+The two models take turns (one timed pass each per round, ``--repeats`` rounds after a warm-up);
+the figure is the speed-up (full / collapsed, median of per-round ratios) against the MACs ratio
+(full / collapsed): the target is a speed-up of at least 0.9 times the MACs saving.
+
+Usage::
+
+    python benchmarks/collapse_latency.py [--batch 256] [--repeats 10] [--threads 1] [--seed 0]
+        [--out docs/benchmarks/collapse_latency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import cpu_model, loadavg
+from torch import nn
+
+import lacoot
+from lacoot import models as zoo
+from lacoot._io import atomic_write_text
+from lacoot.export import export_onnx
+from lacoot.fold import fold_batchnorm
+from lacoot.report import markdown_table
+
+MODELS = {"resnet18": {"stem": "cifar"}, "resnet56": {}}
+TARGET = 0.9  # speed-up at least 0.9 x the MACs saving
+MACS_POINT = 0.46
+
+
+def with_statistics(model: nn.Module, seed: int) -> nn.Module:
+    """Random weights, batch-norm statistics from a few random batches (as after training)."""
+    torch.manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(16, 3, 32, 32))
+    return model.eval()
+
+
+def collapse_pair(name: str, seed: int) -> tuple[nn.Module, nn.Module, list[str], float]:
+    torch.manual_seed(seed)
+    model = with_statistics(zoo.create(name, num_classes=10, **MODELS[name]), seed)
+    example = torch.zeros(1, 3, 32, 32)
+    blocks = lacoot.find_blocks(model, example)
+    order = lacoot.removal_order(blocks, lacoot.score_blocks(model, blocks, criterion="depth"))
+    full = lacoot.count_macs(model, example)
+    for k in range(1, len(order) + 1):
+        small = lacoot.remove_blocks(model, order[:k], example)
+        ratio = lacoot.count_macs(small, example) / full
+        if ratio <= MACS_POINT + 0.01:
+            return model, small, order[:k], ratio
+    raise RuntimeError(f"{name}: no collapse reaches {MACS_POINT:.0%} of the MACs")
+
+
+def time_pair(run_full: Callable[[], Any], run_small: Callable[[], Any], repeats: int) -> dict:
+    """Per-round speed-up of the collapsed model, the two timed in turns."""
+    for fn in (run_full, run_small):  # warm-up
+        fn()
+    full, small = [], []
+    for rnd in range(repeats):
+        pair = [(run_full, full), (run_small, small)]
+        for fn, times in pair if rnd % 2 == 0 else pair[::-1]:
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    speedups = [f / s for f, s in zip(full, small, strict=True)]
+    return {"full_ms": statistics.median(full), "collapsed_ms": statistics.median(small),
+            "speedup": statistics.median(speedups), "speedups": speedups}  # fmt: skip
+
+
+def eager(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+def onnx_runner(model: nn.Module, x: torch.Tensor, folder: str, tag: str) -> Callable[[], Any]:
+    import onnxruntime as ort
+
+    path = Path(folder) / f"{tag}.onnx"
+    export_onnx(model, x[:1], path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    model, small, removed, macs_ratio = collapse_pair(name, args.seed)
+    example = torch.zeros(2, 3, 32, 32)
+    folded = {m: fold_batchnorm(m, example) for m in (model, small)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in (1, args.batch):
+            x = torch.randn(batch, 3, 32, 32)
+            xl = x.contiguous(memory_format=torch.channels_last)
+            nhwc = {m: f.to(memory_format=torch.channels_last) for m, f in folded.items()}
+            variants = {
+                "eager": (eager(model, x), eager(small, x)),
+                "eager, BN folded": (eager(folded[model], x), eager(folded[small], x)),
+                "eager, BN folded, channels-last": (eager(nhwc[model], xl),
+                                                    eager(nhwc[small], xl)),
+            }  # fmt: skip
+            try:
+                variants["onnxruntime"] = (
+                    onnx_runner(folded[model], x, tmp, f"full{batch}"),
+                    onnx_runner(folded[small], x, tmp, f"small{batch}"),
+                )
+            except ImportError:
+                pass
+            for variant, (run_full, run_small) in variants.items():
+                print(f"{name}, batch {batch}: {variant}", file=sys.stderr, flush=True)
+                timed = time_pair(run_full, run_small, args.repeats)
+                target = TARGET / macs_ratio
+                rows.append({"variant": variant, "batch": batch, **timed,
+                             "macs_speedup": 1 / macs_ratio, "target_speedup": target,
+                             "fraction_of_macs_limit": timed["speedup"] * macs_ratio,
+                             "target_met": timed["speedup"] >= target})  # fmt: skip
+    return {"model": name, "removed": removed, "macs_ratio": macs_ratio, "rows": rows}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    out = [
+        "# Collapsed latency against the MACs limit\n",
+        f"- command: `{' '.join(meta['argv'])}`; seed {meta['seed']}; {meta['date']}",
+        f"- torch {meta['torch']}, {meta['torch_threads']} thread(s), {meta['cpu_model']}; load "
+        f"{meta['loadavg_before']} -> {meta['loadavg_after']}; {meta['repeats']} rounds\n",
+    ]
+    for m in result["models"]:
+        limit, target = 1 / m["macs_ratio"], TARGET / m["macs_ratio"]
+        out.append(f"## {m['model']}: {len(m['removed'])} blocks removed, "
+                   f"{m['macs_ratio']:.1%} of the MACs (speed-up limit {limit:.2f}x, target "
+                   f"{target:.2f}x)\n")  # fmt: skip
+        rows = [[r["variant"], r["batch"], f"{r['full_ms']:.2f}", f"{r['collapsed_ms']:.2f}",
+                 f"{r['speedup']:.2f}x", f"{r['fraction_of_macs_limit']:.0%}",
+                 "met" if r["target_met"] else "**not met**"] for r in m["rows"]]  # fmt: skip
+        out.append(markdown_table(["variant", "batch", "full ms", "collapsed ms", "speed-up",
+                                   "of the MACs limit", "target"], rows))  # fmt: skip
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/benchmarks/collapse_latency")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    before = loadavg()
+    result: dict[str, Any] = {"models": [bench_model(n, args) for n in args.models]}
+    result["meta"] = {
+        "argv": ["python", "benchmarks/collapse_latency.py",
+                 *(sys.argv[1:] if argv is None else argv)],
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seed": args.seed, "repeats": args.repeats, "torch": torch.__version__,
+        "lacoot": lacoot.__version__, "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(), "cpu_model": cpu_model(),
+        "loadavg_before": before, "loadavg_after": loadavg(),
+    }  # fmt: skip
+    out = Path(args.out)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    md = to_markdown(result)
+    atomic_write_text(out.with_suffix(".md"), md + "\n")
+    print(md)
+    return result
+
+
+if __name__ == "__main__":
+    main()
