@@ -485,7 +485,8 @@ def _ascend_direction(
     projected: tuple[Tensor, Tensor] | None = None,
     a: Tensor | None = None,
     b: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+    with_projections: bool = False,
+) -> tuple[Tensor, ...]:
     """Maximise ``f(theta) = W_p^p(X theta, Y theta)`` (weights ``a``, ``b``) over the unit sphere
     from ``theta: (d,)``.
 
@@ -497,9 +498,10 @@ def _ascend_direction(
     tangent's projections) whatever the number of trial angles; the trials cover the power-method
     angle (the exact maximiser when the sorting permutations do not change, ``p = 2``), its
     halvings and a uniform grid. The ascent stops when no trial increases ``f`` or the direction
-    moves by less than ``1 - cos < tol``. Returns the direction and ``f`` there; the search itself
-    is not differentiated. ``projected`` are ``(X theta, Y theta)`` when already computed
-    (``theta`` must then be a unit vector). For ``p = 1`` see :func:`_ascend_kinked`.
+    moves by less than ``1 - cos < tol``. Returns the direction and ``f`` there (and, with
+    ``with_projections``, ``X theta, Y theta`` at that direction); the search itself is not
+    differentiated. ``projected`` are ``(X theta, Y theta)`` when already computed (``theta``
+    must then be a unit vector). For ``p = 1`` see :func:`_ascend_kinked`.
     """
     if projected is None:
         theta = theta / theta.norm()
@@ -531,7 +533,30 @@ def _ascend_direction(
         val = values[k] / norm**p
         if 1.0 - float(cos[k]) < tol:
             break
-    return theta, val
+    return (theta, val, px, py) if with_projections else (theta, val)
+
+
+class _ProjectedValue(torch.autograd.Function):
+    """``W_p^p(X theta, Y theta)`` (uniform weights) from projections ``px = X theta`` and
+    ``py = Y theta`` already computed: its gradient ``dW/dpx theta^T`` (and ``Y``'s) flows into
+    ``X`` and ``Y`` without projecting them again (``theta`` is not differentiated)."""
+
+    @staticmethod
+    def forward(ctx: Any, X: Tensor, Y: Tensor, theta: Tensor, px: Tensor, py: Tensor,
+                p: float) -> Tensor:  # fmt: skip
+        px, py = px.detach().requires_grad_(True), py.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = _wasserstein_1d_pow(px, py, p)
+            gx, gy = torch.autograd.grad(value, (px, py))
+        ctx.save_for_backward(theta, gx, gy)
+        return value.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        theta, gx, gy = ctx.saved_tensors
+        dx = torch.outer(grad * gx, theta) if ctx.needs_input_grad[0] else None
+        dy = torch.outer(grad * gy, theta) if ctx.needs_input_grad[1] else None
+        return dx, dy, None, None, None, None
 
 
 def _min_norm_weights(gram: np.ndarray) -> np.ndarray:
@@ -745,11 +770,15 @@ def _msw_random(
     ``(d, L)`` with their values ``W_p^p`` ``(L,)`` (the log).
     """
     proj = _resolve_projections(X, projections, n_projections, seed)
-    px, py = X @ proj, Y @ proj
-    if validate:
-        _check_finite(X, Y, px, py)
-    values = _w1d_pow(px.T, py.T, p, a, b)
-    k = torch.argmax(values.detach())
+    with torch.no_grad():  # the gradient needs only the best direction: no (d, L) backward
+        px, py = X.detach() @ proj, Y.detach() @ proj
+        if validate:
+            _check_finite(X, Y, px, py)
+        values = _w1d_pow(px.T, py.T, p, a, b)
+    k = int(torch.argmax(values))
+    if torch.is_grad_enabled() and (X.requires_grad or Y.requires_grad):
+        theta = proj[:, k]
+        return _w1d_pow(X @ theta, Y @ theta, p, a, b), theta, proj, values
     return values[k], proj[:, k], proj, values
 
 
@@ -861,18 +890,25 @@ def _msw_ascent(
     if validate and init is not None:
         _check_finite(X, Y, proj_x, proj_y)
     values = _w1d_pow(proj_x, proj_y, p, ad, bd)
-    ascend = _ascend_kinked if p == 1.0 else _ascend_direction
     best: Tensor | None = None
-    direction = cand[:, 0]
+    direction, at_best = cand[:, 0], None
     for k in values.topk(min(n_ascend, cand.shape[1])).indices.tolist():
-        theta, val = ascend(
-            Xd, Yd, cand[:, k], p, n_iters, tol, projected=(proj_x[k], proj_y[k]), a=ad, b=bd
-        )
+        start = (Xd, Yd, cand[:, k], p, n_iters, tol)
+        if p == 1.0:
+            theta, val = _ascend_kinked(*start, projected=(proj_x[k], proj_y[k]), a=ad, b=bd)
+            projected = None
+        else:
+            theta, val, *projected = _ascend_direction(
+                *start, projected=(proj_x[k], proj_y[k]), a=ad, b=bd, with_projections=True
+            )
         if best is None or val > best:
-            best, direction = val, theta
+            best, direction, at_best = val, theta, projected
     assert best is not None  # n_ascend >= 1 and cand has a column: one start was ascended
     if any(t is not None and t.requires_grad for t in (X, Y, a, b)):
-        best = _w1d_pow(X @ direction, Y @ direction, p, a, b)
+        if at_best is not None and a is None and b is None and torch.is_grad_enabled():
+            best = _ProjectedValue.apply(X, Y, direction, *at_best, p)  # no new projection
+        else:
+            best = _w1d_pow(X @ direction, Y @ direction, p, a, b)
     return best, direction, cand, values
 
 
