@@ -60,7 +60,6 @@ from lacoot.pipeline import (
     prepare_data,
     run_training,
 )
-from lacoot.profile import count_macs, evaluate_accuracy
 from lacoot.train import load_checkpoint, resolve_device, train
 
 ORDERS = ("msw", "msw_rel", "cosine", "greedy")  # greedy (the costly one) in the main phase only
@@ -238,10 +237,9 @@ def evaluate_collapses(
         print(
             f"  {ckpt.parent.name}: {order} swept in {time.perf_counter() - t0:.1f} s", flush=True
         )
-    example = next(iter(data.val))[0][:1].to(device)
     return {
         "blocks": [b.to_dict() for b in blocks],
-        "full_macs": count_macs(model, example),
+        "full_macs": next(iter(sweeps.values()))["points"][0]["macs"],
         "targets": state["regularizer"].get("targets"),
         "history": state["history"],
         "train_config": state["train_config"],
@@ -260,13 +258,13 @@ def train_scratch(cfg: RunConfig, removed: list[str]) -> dict[str, Any]:
     model = remove_blocks(build_model(spec), removed).to(device)
     result = train(model, [], data.train, data.val, cfg.train_config(), out_dir=cfg.out,
                    device=device, progress=False)  # fmt: skip
-    example = next(iter(data.val))[0][:1].to(device)
+    full = sweep(model, [], {}, data.val, data.test, latency_batch_sizes=()).full  # measured
     return {
         "removed": removed,
         "history": result.history,
-        "val_accuracy": evaluate_accuracy(model, data.val),
-        "test_accuracy": evaluate_accuracy(model, data.test),
-        "macs": count_macs(model, example),
+        "val_accuracy": full.val_accuracy,
+        "test_accuracy": full.test_accuracy,
+        "macs": full.macs,
     }
 
 
