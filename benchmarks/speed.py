@@ -524,7 +524,7 @@ def run_device(
         print(f"[{label}] training step, {name} ...", file=sys.stderr, flush=True)
         load = loadavg()
         out["training"].append({**bench_training(name, args, device, amp), "loadavg_start": load})
-    for name in args.models:
+    for name in [] if args.skip_latency else args.models:
         print(f"[{label}] latency, {name} ...", file=sys.stderr, flush=True)
         load = loadavg()
         out["latency"].append({**bench_latency(name, args, device, amp), "loadavg_start": load})
@@ -544,6 +544,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
+    parser.add_argument("--skip-latency", action="store_true", help="section 1 only")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 1 or args.batch_size < 2 or args.batches < 1:
         parser.error("need --repeats >= 1, --warmup >= 1, --batch-size >= 2, --batches >= 1")
