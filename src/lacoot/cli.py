@@ -35,7 +35,7 @@ def _help(f: Field, default: Any) -> str:
     names = spec.names()
     listed = f" (one of: {', '.join(names)})" if names else ""
     shown = list(default) if isinstance(default, tuple) else default
-    return f"{spec.help}{listed} (default: {shown})"
+    return f"{spec.help}{listed} (default: {shown})".replace("%", "%%")  # argparse formats it
 
 
 def add_options(

@@ -291,7 +291,8 @@ def random_projections(
         )
     if isinstance(seed, int):
         gen = torch.Generator().manual_seed(seed)
-        proj = torch.randn(d, n_projections, generator=gen, dtype=torch.float64)
+        drawn = torch.float64 if dtype == torch.float64 else torch.float32  # half: via float32
+        proj = torch.randn(d, n_projections, generator=gen, dtype=drawn)
         proj = proj.to(device=device, dtype=dtype)
     else:
         gen_device = seed.device if isinstance(seed, torch.Generator) else device
