@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import platform
 import statistics
 import sys
@@ -35,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import cpu_model, loadavg
+from _common import cpu_model, loadavg, write_result
 from torch import nn
 
 import lacoot
 from lacoot import models as zoo
-from lacoot._io import atomic_write_text
 from lacoot.export import export_onnx
 from lacoot.fold import fold_batchnorm
 from lacoot.report import markdown_table
@@ -187,11 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(), "cpu_model": cpu_model(),
         "loadavg_before": before, "loadavg_after": loadavg(),
     }  # fmt: skip
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    md = to_markdown(result)
-    atomic_write_text(out.with_suffix(".md"), md + "\n")
-    print(md)
+    write_result(args.out, result, to_markdown(result))
     return result
 
 

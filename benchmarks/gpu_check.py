@@ -35,11 +35,12 @@ from typing import Any
 
 import speed
 import torch
+from _common import synthetic_images
 
 import lacoot
 from lacoot import models as zoo
 from lacoot._io import atomic_write_text
-from lacoot.data import ImageDataset, TensorLoader
+from lacoot.data import TensorLoader
 from lacoot.device import resolve_device
 from lacoot.export import export_onnx
 from lacoot.fold import fold_batchnorm
@@ -49,13 +50,7 @@ speed.MODELS.setdefault("resnet56", ({"in_channels": 3}, (3, 32, 32)))
 
 def bench_epoch(device: torch.device, images: int, batch: int, seed: int) -> dict[str, Any]:
     """One epoch of ``lacoot.train`` on synthetic CIFAR-shaped data (penalty on)."""
-    g = torch.Generator().manual_seed(seed)
-    data = ImageDataset(
-        torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g),
-        torch.randint(0, 10, (images,), generator=g),
-        classes=[str(c) for c in range(10)],
-        name="synthetic-cifar",
-    )
+    data = synthetic_images(images, (3, 32, 32), seed, "synthetic-cifar")
     loader = TensorLoader(data, batch, shuffle=True, augment=True, seed=seed, drop_last=True,
                           device=device)  # fmt: skip
     torch.manual_seed(seed)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
-import json
 import os
 import platform
 import statistics
@@ -61,12 +60,11 @@ from typing import Any
 import ot
 import torch
 import torch.nn.functional as F
-from _common import cpu_model, loadavg
+from _common import cpu_model, loadavg, write_result
 from torch import Tensor, nn
 
 import lacoot
 from lacoot import models as zoo
-from lacoot._io import atomic_write_text
 from lacoot.profile import compare_latency
 from lacoot.regularizer import MSWRegularizer, block_io_hooks
 
@@ -587,11 +585,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     }
     result = {"meta": result.pop("meta"), **result}
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    md = to_markdown(result)
-    atomic_write_text(out.with_suffix(".md"), md + "\n")
-    print(md)
+    write_result(args.out, result, to_markdown(result))
     return result
 
 

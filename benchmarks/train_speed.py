@@ -21,35 +21,26 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
-import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import cpu_model, loadavg
+from _common import cpu_model, loadavg, synthetic_images, write_result
 
 import lacoot
 from lacoot import models as zoo
-from lacoot._io import atomic_write_text
-from lacoot.data import ImageDataset, TensorLoader
+from lacoot.data import TensorLoader
 from lacoot.report import markdown_table
 
 TARGET = 1.05  # lacoot.train at most 5% slower than the plain loop
 
 
 def make_loader(images: int, batch: int, seed: int) -> TensorLoader:
-    g = torch.Generator().manual_seed(seed)
-    data = ImageDataset(
-        torch.randint(0, 256, (images, 1, 28, 28), dtype=torch.uint8, generator=g),
-        torch.randint(0, 10, (images,), generator=g),
-        classes=[str(c) for c in range(10)],
-        name="synthetic-fashion-mnist",
-    )
+    data = synthetic_images(images, (1, 28, 28), seed, "synthetic-fashion-mnist")
     return TensorLoader(data, batch, shuffle=True, augment=True, seed=seed, drop_last=True)
 
 
@@ -152,11 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
         "cpu_model": cpu_model(), "loadavg_before": before, "loadavg_after": loadavg(),
     }  # fmt: skip
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    md = to_markdown(result)
-    atomic_write_text(out.with_suffix(".md"), md + "\n")
-    print(md)
+    write_result(args.out, result, to_markdown(result))
     return result
 
 
