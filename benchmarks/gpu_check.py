@@ -45,8 +45,6 @@ from lacoot.device import resolve_device
 from lacoot.export import export_onnx
 from lacoot.fold import fold_batchnorm
 
-speed.MODELS.setdefault("resnet56", ({"in_channels": 3}, (3, 32, 32)))
-
 
 def bench_epoch(device: torch.device, images: int, batch: int, seed: int) -> dict[str, Any]:
     """One epoch of ``lacoot.train`` on synthetic CIFAR-shaped data (penalty on)."""

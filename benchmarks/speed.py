@@ -74,6 +74,7 @@ N_PROJ = 50
 MODELS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "resnet20": ({"in_channels": 1}, (1, 28, 28)),  # Fashion-MNIST shape
     "resnet18": ({"in_channels": 3, "stem": "cifar"}, (3, 32, 32)),  # CIFAR shape
+    "resnet56": ({"in_channels": 3}, (3, 32, 32)),  # CIFAR shape (gpu_check's latency section)
 }
 PAPER = {
     "model": "ResNet-18, CIFAR-10",
