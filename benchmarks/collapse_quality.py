@@ -144,6 +144,12 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             "main-budget4-rnd0.3", "main", epochs, budget4 | {"lam": 0.3}, config="budget4-rnd0.3"
         ),  # fmt: skip
     ]
+    for k in (2, 6):  # the same per-block weight as budget4-rnd2: lambda / k = 0.5
+        lam = 0.5 * k
+        jobs.append(
+            Job(f"main-budget{k}-rnd{lam:g}", "main", epochs,
+                budget4 | {"target_blocks": k, "lam": lam}, config=f"budget{k}-rnd{lam:g}")
+        )  # fmt: skip
     for k in SCRATCH_K:
         jobs.append(
             Job(f"main-scratch-k{k}", "main", epochs, {"lam": 0.0}, scratch=order[:k],
