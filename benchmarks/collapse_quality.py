@@ -144,6 +144,10 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             "main-budget4-rnd0.3", "main", epochs, budget4 | {"lam": 0.3}, config="budget4-rnd0.3"
         ),  # fmt: skip
     ]
+    jobs.append(  # lambda rises over the first half of the training: blocks die later
+        Job("main-budget4-rnd2-ramp", "main", epochs, budget4 | {"lam": 2.0,
+            "lam_warmup": epochs / 2}, config="budget4-rnd2-ramp")
+    )  # fmt: skip
     for k in (2, 6):  # the same per-block weight as budget4-rnd2: lambda / k = 0.5
         lam = 0.5 * k
         jobs.append(

@@ -95,6 +95,27 @@ def test_budget_targeted_run_penalises_exactly_the_chosen_blocks(tmp_path) -> No
         assert sorted(k for k in row if k.startswith("msw/")) == sorted(f"msw/{t}" for t in targets)
 
 
+def test_lambda_warmup_ramps_linearly_per_step(monkeypatch) -> None:
+    from lacoot.regularizer import MSWRegularizer
+    from lacoot.train import lam_at
+
+    cfg = TrainConfig(lam=2.0, lam_warmup=1.5, target_macs=1.0)
+    assert [lam_at(cfg, s, 4) for s in range(8)] == pytest.approx(
+        [2.0 * (s + 1) / 6 for s in range(6)] + [2.0, 2.0]
+    )  # closed form: 1.5 epochs of 4 steps
+    assert lam_at(TrainConfig(lam=2.0), 0, 4) == 2.0  # no warm-up: the full weight at once
+    seen: list[float] = []
+    penalty = MSWRegularizer.penalty
+    monkeypatch.setattr(MSWRegularizer, "penalty", lambda self: seen.append(self.lam)
+                        or penalty(self))  # fmt: skip
+    model, blocks = tiny_model()
+    train(model, blocks, tiny_loader(), None, TrainConfig(**{**CFG.to_dict(), "lam": 0.4,
+          "lam_warmup": 1.0}), progress=False)  # fmt: skip
+    assert seen == pytest.approx([0.4 * (s + 1) / 6 for s in range(6)] + [0.4] * 12)
+    with pytest.raises(ValueError, match="lam_warmup=-1"):
+        TrainConfig(lam_warmup=-1)
+
+
 def test_penalize_patterns_and_errors(tmp_path) -> None:
     torch.manual_seed(0)
     model = residual_mlp(units=4)

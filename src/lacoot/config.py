@@ -221,6 +221,11 @@ class TrainConfig(Options):
         1.0, "weight lambda of the MSW penalty (0: vanilla training)",
         check=lambda v: v >= 0 and math.isfinite(v), expect="lam >= 0",
     )  # fmt: skip
+    lam_warmup: float = option(
+        0.0, "epochs over which lambda rises linearly from 0 to --lam, step by step (0: the "
+        "full lambda from the first step)", check=lambda v: v >= 0 and math.isfinite(v),
+        expect="a number of epochs >= 0",
+    )  # fmt: skip
     optimizer: str = option("sgd", "optimiser: sgd (momentum, nesterov) or adamw",
                             choices=("sgd", "adamw"))  # fmt: skip
     lr: float = option(0.1, "peak learning rate", check=_positive, expect="lr > 0")

@@ -395,6 +395,15 @@ def _choose_targets_when_due(run: _Run, epoch: int, loader: Iterable, progress: 
         print(f"lacoot: penalising only {run.targets}", file=sys.stderr)
 
 
+def lam_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The penalty weight at (0-based) optimiser step ``step``: ``cfg.lam``, ramped linearly
+    from ``cfg.lam / W`` at step 0 to ``cfg.lam`` at step ``W - 1`` over the ``W =
+    cfg.lam_warmup * steps_per_epoch`` warm-up steps (a function of the step, so a resumed run
+    goes on alike)."""
+    warm = cfg.lam_warmup * steps_per_epoch
+    return cfg.lam if step + 1 >= warm else cfg.lam * (step + 1) / warm
+
+
 def _step(
     run: _Run, x: Tensor, y: Tensor, sums: dict[str, Any], stopper: _GracefulStop, epoch: int,
     k: int,
@@ -410,6 +419,8 @@ def _step(
     with torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=amp):
         logits = logits_of(call_model(run.net if run.net is not None else run.model, x))
     task = F.cross_entropy(logits.float(), y)
+    if run.reg is not None:
+        run.reg.lam = lam_at(run.cfg, epoch * run.steps + k, run.steps)
     penalty = run.reg.penalty() if run.reg is not None else torch.zeros((), device=run.dev)
     loss = task + penalty
     bad_loss, stop = run.stop_flags(not bool(torch.isfinite(loss)), stopper)
