@@ -24,7 +24,7 @@ def test_gpu_check_cpu_fallback_writes_its_json(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["meta"]["device"] == "cpu" and result["meta"]["quick"] is True
     rows = {r["variant"]: r for r in result["penalty"]["rows"]}
-    assert rows["no penalty"]["median_ms"] > 0 and len(rows) == 4
+    assert rows["no penalty"]["median_ms"] > 0 and len(rows) == 6
     assert all(r["ratio_of_medians"] > 0 for v, r in rows.items() if v != "no penalty")
     assert result["epoch"]["images_per_s"] > 0
     for name in ("resnet18", "resnet56"):
