@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from _common import cpu_model, loadavg, write_result
+from speed import MODELS as SHAPES
 from torch import nn
 
 import lacoot
@@ -43,34 +44,39 @@ from lacoot.export import export_onnx
 from lacoot.fold import fold_batchnorm
 from lacoot.report import markdown_table
 
-MODELS = {"resnet18": {"stem": "cifar"}, "resnet56": {}}
+MODELS = ("resnet18", "resnet56")  # constructor arguments and input shapes: speed.MODELS
 TARGET = 0.9  # speed-up at least 0.9 x the MACs saving
 MACS_POINT = 0.46
 
 
-def with_statistics(model: nn.Module, seed: int) -> nn.Module:
+def with_statistics(model: nn.Module, shape: tuple[int, ...], seed: int) -> nn.Module:
     """Random weights, batch-norm statistics from a few random batches (as after training)."""
     torch.manual_seed(seed)
     model.train()
     with torch.no_grad():
         for _ in range(2):
-            model(torch.randn(16, 3, 32, 32))
+            model(torch.randn(16, *shape))
     return model.eval()
 
 
-def collapse_pair(name: str, seed: int) -> tuple[nn.Module, nn.Module, list[str], float]:
+def collapse_pair(
+    name: str, seed: int, macs_point: float = MACS_POINT
+) -> tuple[nn.Module, nn.Module, list[str], float]:
+    """The full model (CPU, eval) and the collapse, deepest blocks first, nearest
+    ``macs_point`` of its MACs (at most 1 point above): ``(full, collapsed, removed, ratio)``."""
+    kwargs, shape = SHAPES[name]
     torch.manual_seed(seed)
-    model = with_statistics(zoo.create(name, num_classes=10, **MODELS[name]), seed)
-    example = torch.zeros(1, 3, 32, 32)
+    model = with_statistics(zoo.create(name, num_classes=10, **kwargs), shape, seed)
+    example = torch.zeros(1, *shape)
     blocks = lacoot.find_blocks(model, example)
     order = lacoot.removal_order(blocks, lacoot.score_blocks(model, blocks, criterion="depth"))
     full = lacoot.count_macs(model, example)
     for k in range(1, len(order) + 1):
         small = lacoot.remove_blocks(model, order[:k], example)
         ratio = lacoot.count_macs(small, example) / full
-        if ratio <= MACS_POINT + 0.01:
+        if ratio <= macs_point + 0.01:
             return model, small, order[:k], ratio
-    raise RuntimeError(f"{name}: no collapse reaches {MACS_POINT:.0%} of the MACs")
+    raise RuntimeError(f"{name}: no collapse reaches {macs_point:.0%} of the MACs")
 
 
 def time_pair(run_full: Callable[[], Any], run_small: Callable[[], Any], repeats: int) -> dict:
@@ -97,26 +103,33 @@ def eager(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return run
 
 
-def onnx_runner(model: nn.Module, x: torch.Tensor, folder: str, tag: str) -> Callable[[], Any]:
+def onnx_runner(
+    model: nn.Module, x: torch.Tensor, folder: str, tag: str, providers: list[str] | None = None
+) -> Callable[[], Any]:
+    """One ONNX Runtime pass of ``model`` (exported to ``folder/tag.onnx``) on ``x``; the CPU
+    provider, with as many threads as torch, unless ``providers`` are given."""
     import onnxruntime as ort
 
     path = Path(folder) / f"{tag}.onnx"
-    export_onnx(model, x[:1], path)
+    export_onnx(model, x[:1].cpu(), path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {"input": x.numpy()}
+    session = ort.InferenceSession(
+        str(path), options, providers=providers or ["CPUExecutionProvider"]
+    )
+    feed = {"input": x.cpu().numpy()}
     return lambda: session.run(None, feed)
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model, small, removed, macs_ratio = collapse_pair(name, args.seed)
-    example = torch.zeros(2, 3, 32, 32)
+    shape = SHAPES[name][1]
+    example = torch.zeros(2, *shape)
     folded = {m: fold_batchnorm(m, example) for m in (model, small)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for batch in (1, args.batch):
-            x = torch.randn(batch, 3, 32, 32)
+            x = torch.randn(batch, *shape)
             xl = x.contiguous(memory_format=torch.channels_last)
             nhwc = {m: f.to(memory_format=torch.channels_last) for m, f in folded.items()}
             variants = {
@@ -166,7 +179,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)

@@ -30,9 +30,9 @@ import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+import collapse_latency
 import speed
 import torch
 from _common import synthetic_images
@@ -42,7 +42,6 @@ from lacoot import models as zoo
 from lacoot._io import atomic_write_text
 from lacoot.data import TensorLoader
 from lacoot.device import resolve_device
-from lacoot.export import export_onnx
 from lacoot.fold import fold_batchnorm
 
 
@@ -64,45 +63,26 @@ def bench_epoch(device: torch.device, images: int, batch: int, seed: int) -> dic
 
 
 def onnx_latency(name: str, device: torch.device, batches: list[int], repeats: int) -> Any:
-    """Full and ~46%-MACs collapsed model in ONNX Runtime: median ms per batch size."""
+    """Full and ~46%-MACs collapsed model (BN folded) in ONNX Runtime, with the CUDA provider
+    where there is one: ``collapse_latency.time_pair``'s figures per batch size."""
     try:
         import onnxruntime as ort
     except ImportError:
         return "onnxruntime is not installed"
-    kwargs, shape = speed.MODELS[name]
-    torch.manual_seed(0)
-    model = zoo.create(name, num_classes=10, **kwargs).eval()
-    example = torch.zeros(1, *shape)
-    blocks = lacoot.find_blocks(model, example)
-    order = lacoot.removal_order(blocks, lacoot.score_blocks(model, blocks, criterion="depth"))
-    full_macs = lacoot.count_macs(model, example)
-    nets = {0: model}
-    for k in range(1, len(order) + 1):
-        nets[k] = lacoot.remove_blocks(model, order[:k])
-        if lacoot.count_macs(nets[k], example) <= 0.46 * full_macs:
-            break
-    nets = {0: nets[0], max(nets): nets[max(nets)]}
+    model, small, removed, macs_ratio = collapse_latency.collapse_pair(name, seed=0)
+    shape = speed.MODELS[name][1]
+    example = torch.zeros(2, *shape)
+    folded = {"full": fold_batchnorm(model, example), "small": fold_batchnorm(small, example)}
     wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
     providers = [p for p in [*wanted, "CPUExecutionProvider"] if p in ort.get_available_providers()]
-    macs_ratio = lacoot.count_macs(nets[max(nets)], example) / full_macs
-    out: dict[str, Any] = {"providers": providers, "k": list(nets), "macs_ratio": macs_ratio}
+    out: dict[str, Any] = {"providers": providers, "removed": removed, "macs_ratio": macs_ratio}
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {}
-        for k, net in nets.items():
-            path = Path(tmp) / f"{k}.onnx"
-            export_onnx(fold_batchnorm(net, example), example, path)
-            sessions[k] = ort.InferenceSession(str(path), providers=providers)
         for bs in batches:
-            x = torch.randn(bs, *shape).numpy()
-            times: dict[int, list[float]] = {k: [] for k in sessions}
-            for rnd in range(repeats + 1):
-                for k, sess in sessions.items():
-                    t0 = time.perf_counter()
-                    sess.run(None, {"input": x})
-                    if rnd:
-                        times[k].append((time.perf_counter() - t0) * 1e3)
-            med = {k: sorted(t)[len(t) // 2] for k, t in times.items()}
-            out[str(bs)] = {"median_ms": med, "latency_ratio": med[max(med)] / med[0]}
+            x = torch.randn(bs, *shape)
+            runs = [collapse_latency.onnx_runner(folded[t], x, tmp, f"{t}{bs}", providers)
+                    for t in ("full", "small")]  # fmt: skip
+            timed = collapse_latency.time_pair(*runs, repeats)
+            out[str(bs)] = timed | {"fraction_of_macs_limit": timed["speedup"] * macs_ratio}
     return out
 
 

@@ -31,4 +31,4 @@ def test_gpu_check_cpu_fallback_writes_its_json(tmp_path: Path) -> None:
         eager = result["latency"][name]["eager"]
         assert eager["rows"][0]["k"] == 0 and eager["rows"][-1]["macs_ratio"] < 0.5
         ort = result["latency"][name]["onnxruntime"]
-        assert isinstance(ort, str) or ort["macs_ratio"] <= 0.46
+        assert isinstance(ort, str) or (ort["macs_ratio"] <= 0.47 and ort["8"]["speedup"] > 0)
