@@ -42,6 +42,7 @@ import lacoot
 from lacoot import models as zoo
 from lacoot.export import export_onnx
 from lacoot.fold import fold_batchnorm
+from lacoot.inputs import channels_last
 from lacoot.report import markdown_table
 
 MODELS = ("resnet18", "resnet56")  # constructor arguments and input shapes: speed.MODELS
@@ -121,6 +122,43 @@ def onnx_runner(
     return lambda: session.run(None, feed)
 
 
+def time_shares(
+    model: nn.Module, removed: list[str], x: torch.Tensor, repeats: int
+) -> dict[str, Any]:
+    """Where the full model's time goes: each block of ``removed`` timed alone on the input it
+    receives in a forward pass on ``x`` (median of ``repeats``), against the whole model.
+
+    Returns the removed blocks' share of the time and of the MACs. Speed-up is bounded by
+    ``1 / (1 - time share)``: when the removed blocks run more MACs per millisecond than the
+    rest of the model, the MACs limit ``1 / (1 - MACs share)`` cannot be reached by removal.
+    """
+    inputs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    hooks = [modules[n].register_forward_pre_hook(
+        lambda m, a, n=n: inputs.__setitem__(n, a[0])) for n in removed]  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+
+    def median_ms(fn: Callable[[], Any]) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+    whole = median_ms(eager(model, x))
+    blocks = {n: median_ms(eager(modules[n], inputs[n])) for n in removed}
+    macs = {n: lacoot.count_macs(modules[n], inputs[n][:1]) for n in removed}
+    full_macs = lacoot.count_macs(model, x[:1])
+    return {"batch": x.shape[0], "full_ms": whole, "block_ms": blocks,
+            "time_share": sum(blocks.values()) / whole,
+            "macs_share": sum(macs.values()) / full_macs}  # fmt: skip
+
+
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model, small, removed, macs_ratio = collapse_pair(name, args.seed)
     shape = SHAPES[name][1]
@@ -153,7 +191,11 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                              "macs_speedup": 1 / macs_ratio, "target_speedup": target,
                              "fraction_of_macs_limit": timed["speedup"] * macs_ratio,
                              "target_met": timed["speedup"] >= target})  # fmt: skip
-    return {"model": name, "removed": removed, "macs_ratio": macs_ratio, "rows": rows}
+    nhwc = fold_batchnorm(model, example).to(memory_format=torch.channels_last)
+    shares = [time_shares(nhwc, removed, channels_last(torch.randn(b, *shape)), args.repeats)
+              for b in (1, args.batch)]  # fmt: skip
+    return {"model": name, "removed": removed, "macs_ratio": macs_ratio, "rows": rows,
+            "shares": shares}  # fmt: skip
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -174,6 +216,13 @@ def to_markdown(result: dict[str, Any]) -> str:
                  "met" if r["target_met"] else "**not met**"] for r in m["rows"]]  # fmt: skip
         out.append(markdown_table(["variant", "batch", "full ms", "collapsed ms", "speed-up",
                                    "of the MACs limit", "target"], rows))  # fmt: skip
+        out.append("Where the time goes (eager, BN folded, channels-last; each removed block "
+                   "timed alone on its own input):\n")  # fmt: skip
+        rows = [[sh["batch"], f"{sh['macs_share']:.1%}", f"{sh['time_share']:.1%}",
+                 f"{1 / (1 - sh['time_share']):.2f}x", f"{1 / (1 - sh['macs_share']):.2f}x"]
+                for sh in m["shares"]]  # fmt: skip
+        out.append(markdown_table(["batch", "removed blocks' MACs share", "their time share",
+                                   "speed-up bound from time", "MACs limit"], rows))  # fmt: skip
     return "\n".join(out)
 
 
