@@ -25,11 +25,16 @@ __all__ = ["fold_batchnorm", "fold_pairs"]
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-@torch.no_grad()
 def fold_pairs(model: nn.Module, example_input: Any) -> list[tuple[str, str]]:
     """``(layer, batch_norm)`` names where, in one forward pass on ``example_input`` (eval mode),
     the batch norm (running statistics, called once) normalises exactly the output of the
     convolution or linear layer (called once)."""
+    return _pairs_and_output(model, example_input)[0]
+
+
+@torch.no_grad()
+def _pairs_and_output(model: nn.Module, example_input: Any) -> tuple[list[tuple[str, str]], Any]:
+    """:func:`fold_pairs` and the model's output of that same pass."""
     produced: dict[int, tuple[str, Tensor]] = {}  # the tensor kept alive: its id stays unique
     calls: dict[str, int] = {}
     pairs: list[tuple[str, str]] = []
@@ -56,12 +61,12 @@ def fold_pairs(model: nn.Module, example_input: Any) -> list[tuple[str, str]]:
     was_training = model.training
     model.eval()
     try:
-        call_model(model, example_input)
+        output = call_model(model, example_input)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return [(a, b) for a, b in pairs if calls.get(a) == 1 and calls.get(b) == 1]
+    return [(a, b) for a, b in pairs if calls.get(a) == 1 and calls.get(b) == 1], output
 
 
 def _fold_one(layer: nn.Module, bn: _BatchNorm) -> None:
@@ -100,8 +105,7 @@ def fold_batchnorm(
     model is untouched.
     """
     model = copy.deepcopy(model).eval()
-    reference = call_model(model, example_input)
-    pairs = fold_pairs(model, example_input)
+    pairs, reference = _pairs_and_output(model, example_input)
 
     def folded(chosen: list[tuple[str, str]]) -> nn.Module:
         new = copy.deepcopy(model)
