@@ -273,7 +273,9 @@ def sweep(
     models = plain
     if repair != "none":
         models = [model] + [
-            repair_model(model, order[:k], calib, method=repair, n_samples=calib_samples)
+            repair_model(
+                model, order[:k], calib, method=repair, n_samples=calib_samples, collapsed=plain[k]
+            )  # fmt: skip
             for k in range(1, len(plain))
         ]
         say(f"repaired {len(plain) - 1} collapses ({repair}, {calib_samples} calibration images)")

@@ -439,6 +439,8 @@ def repair(
     loader: Iterable[Any] | None = None,
     method: str = "bn",
     n_samples: int = 1024,
+    *,
+    collapsed: nn.Module | None = None,
 ) -> nn.Module:
     """The collapsed and repaired model, from the original full model and the blocks to remove.
 
@@ -457,6 +459,9 @@ def repair(
         the batch norm of the full model (a valid repair of it).
     n_samples : int
         Calibration samples for each step.
+    collapsed : nn.Module, optional
+        ``remove_blocks(model, removed, ...)`` already built and checked (as a sweep has it):
+        the ``"none"`` and ``"bn"`` repairs start from it instead of removing again.
 
     Returns
     -------
@@ -472,11 +477,11 @@ def repair(
     if method != "none" and loader is None:
         raise ValueError(f"method={method!r} needs a calibration loader; got loader=None")
     names = _names(removed)
-    example = None
-    if loader is not None:  # a few samples to check each deletion (remove_blocks)
-        example = to_device(first_samples(next(iter(loader))[0], 2), model_device(model))
-    if method == "none":
-        return remove_blocks(model, names, example)
-    if method == "bn":
-        return recalibrate_bn(remove_blocks(model, names, example), loader, n_samples)
-    return recalibrate_bn(linear_patch(model, names, loader, n_samples), loader, n_samples)
+    if method == "linear":
+        return recalibrate_bn(linear_patch(model, names, loader, n_samples), loader, n_samples)
+    if collapsed is None:
+        example = None
+        if loader is not None:  # a few samples to check each deletion (remove_blocks)
+            example = to_device(first_samples(next(iter(loader))[0], 2), model_device(model))
+        collapsed = remove_blocks(model, names, example)
+    return collapsed if method == "none" else recalibrate_bn(collapsed, loader, n_samples)
