@@ -91,7 +91,7 @@ def test_report_seeds_headline_and_targets(tmp_path: Path) -> None:
     assert head["baseline_vanilla_bn"]["4"] == 74.0
 
     merged = json.loads(out.with_suffix(".json").read_text())
-    assert set(merged["results_by_seed"]) == {"0", "1"}
+    assert set(merged["other_seed_results"]) == {"1"}
     assert merged["results"]["main-vanilla"]["sweeps"]["cosine/bn"]["points"][0][
         "test_accuracy"] == 94.0  # fmt: skip
     assert [s["file"] for s in merged["sources"]] == ["seed0.json", "seed1.json"]
@@ -111,3 +111,21 @@ def test_report_seeds_headline_and_targets(tmp_path: Path) -> None:
     assert "| budget4-a | spread | 2.00 |" in other
     assert "**T1, " in md and ": met.**" in md and ": not met.**" in md
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_target_1_keeps_to_the_macs_budget() -> None:
+    """The headline rule picks the linear patch (higher validation accuracy, 53% of the MACs);
+    with a 52.5% budget target 1 takes the BN-repaired collapse at 52% instead."""
+    script = load_script()
+    script.MACS_TARGET = 0.525
+
+    def acc(top: float) -> Callable[[int], float]:
+        return lambda k: top if k <= 4 else 50.0
+
+    results = {"main-vanilla": vanilla(94.0),
+               "main-x": model("x", bn=acc(93.5), linear=acc(93.6), none=acc(93.0))}  # fmt: skip
+    head = script.headline(results, "2 ep")
+    assert (head["best"]["repair"], head["best"]["macs_fraction"]) == ("linear", 0.53)
+    t1 = script.target_1(results, head)
+    assert (t1["chosen"]["repair"], t1["chosen"]["k"], t1["chosen"]["test"]) == ("bn", 4, 93.5)
+    assert t1["verdict"] == "met"  # 93.5 >= 94.0 - 1
