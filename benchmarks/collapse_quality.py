@@ -148,8 +148,7 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
         Job("main-budget4-rnd2-ramp", "main", epochs, budget4 | {"lam": 2.0,
             "lam_warmup": epochs / 2}, config="budget4-rnd2-ramp")
     )  # fmt: skip
-    for k in (2, 6):  # the same per-block weight as budget4-rnd2: lambda / k = 0.5
-        lam = 0.5 * k
+    for k, lam in ((2, 1.0), (6, 3.0), (6, 6.0)):  # lambda / k = 0.5 (as budget4-rnd2) or 1
         jobs.append(
             Job(f"main-budget{k}-rnd{lam:g}", "main", epochs,
                 budget4 | {"target_blocks": k, "lam": lam}, config=f"budget{k}-rnd{lam:g}")
