@@ -52,6 +52,45 @@ def test_penalty_is_lam_times_mean_block_distance() -> None:
     )
 
 
+def test_random_directions_drawn_once_per_width_and_step(monkeypatch) -> None:
+    """Blocks of one width share the step's seeded draw: the same values and gradients as each
+    block drawing its own (bit for bit), with one draw per width and step."""
+    import lacoot.regularizer as regularizer
+
+    torch.manual_seed(0)
+    model = residual_mlp()
+    blocks = lacoot.find_blocks(model, torch.randn(4, 6))
+    names = [b.name for b in blocks]
+    draws: list[int] = []
+    draw = regularizer.random_projections
+    monkeypatch.setattr(regularizer, "random_projections",
+                        lambda d, *a, **k: draws.append(d) or draw(d, *a, **k))  # fmt: skip
+    params = list(model.parameters())
+    with lacoot.MSWRegularizer(model, blocks, lam=1.0, method="random", seed=5) as reg:
+        for step in range(2):
+            io: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            handles = [
+                model.get_submodule(n).register_forward_hook(
+                    lambda m, a, o, n=n, io=io: io.__setitem__(n, (a[0], o))
+                )
+                for n in names
+            ]
+            model(torch.randn(16, 6))
+            for h in handles:
+                h.remove()
+            penalty = reg.penalty()
+            direct = torch.stack([
+                max_sliced_wasserstein(*io[n], n_projections=50, seed=5 + step) for n in names
+            ]).mean()  # fmt: skip
+            assert torch.equal(penalty.detach(), direct.detach())
+            ours = torch.autograd.grad(penalty, params, retain_graph=True, allow_unused=True)
+            theirs = torch.autograd.grad(direct, params, allow_unused=True)
+            for a, b in zip(ours, theirs, strict=True):
+                assert (a is None and b is None) or torch.equal(a, b)
+    widths = {io[n][0].flatten(1).shape[1] for n in names}
+    assert len(names) > len(widths) and len(draws) == 2 * len(widths)
+
+
 def test_penalty_gradient_reaches_every_block_parameter() -> None:
     torch.manual_seed(0)
     model = residual_mlp()

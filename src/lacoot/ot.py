@@ -298,7 +298,7 @@ def random_projections(
         gen_device = seed.device if isinstance(seed, torch.Generator) else device
         proj = torch.randn(d, n_projections, generator=seed, device=gen_device, dtype=dtype)
         proj = proj.to(device)
-    return proj / proj.norm(dim=0, keepdim=True)
+    return proj.div_(proj.norm(dim=0, keepdim=True))  # a fresh tensor: divided in place
 
 
 def _check_clouds(X: Tensor, Y: Tensor) -> tuple[Tensor, Tensor]:

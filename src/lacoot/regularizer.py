@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .blocks import Block, flow_tensor, replace_arg, tensor_version
 from .distributed import gather_batch
-from .ot import Method, max_sliced_wasserstein
+from .ot import Method, max_sliced_wasserstein, random_projections
 
 __all__ = ["MSWRegularizer", "block_io_hooks", "power_spread"]
 
@@ -178,6 +178,7 @@ class MSWRegularizer:
         self.directions: dict[str, Tensor] = {}
         self.last: dict[str, Tensor] = {}
         self._captured: dict[str, tuple[Tensor, Tensor]] = {}
+        self._drawn: tuple[int, dict[tuple, Tensor]] = (-1, {})  # (step, width -> directions)
         self._handles = block_io_hooks(model, blocks, self._capture)
 
     def _capture(self, name: str, x: Tensor, y: Tensor) -> None:
@@ -189,8 +190,9 @@ class MSWRegularizer:
         seed = None if self.seed is None else self.seed + self.steps
         if self.method == "random":
             return max_sliced_wasserstein(
-                X, Y, n_projections=self.n_projections, p=self.p, seed=seed, validate=False
-            )
+                X, Y, p=self.p, projections=self._projections(X, seed),
+                n_projections=self.n_projections, seed=seed, validate=False,
+            )  # fmt: skip
         init = self.directions.get(name)
         if init is not None and (init.shape[0] != X.shape[1] or init.device != X.device):
             init = None
@@ -218,6 +220,23 @@ class MSWRegularizer:
         )
         self.directions[name] = direction
         return value
+
+    def _projections(self, X: Tensor, seed: int | None) -> Tensor | None:
+        """The seeded random directions ``(d, n_projections)`` of this step for features of
+        ``X``'s width: drawn once per width, device and dtype and shared by the blocks of that
+        width (the seed is the same for every block of a step, so they are the very directions
+        each block would draw). None without a seed: each block draws its own."""
+        if seed is None:
+            return None
+        key = (X.shape[1], X.device, X.dtype)
+        if self._drawn[0] != self.steps:
+            self._drawn = (self.steps, {})
+        cache = self._drawn[1]
+        if key not in cache:
+            cache[key] = random_projections(
+                X.shape[1], self.n_projections, seed, device=X.device, dtype=X.dtype
+            )
+        return cache[key]
 
     def penalty(self) -> Tensor:
         """``lam * mean_b MSW(X_b, Y_b)`` for the last forward pass: a scalar with gradients.
