@@ -260,3 +260,31 @@ def test_penalty_without_a_forward_says_what_to_do_also_about_torch_compile() ->
     with lacoot.MSWRegularizer(model, lacoot.find_blocks(model, torch.randn(2, 6))) as reg:
         with pytest.raises(RuntimeError, match="call the model's forward first.*torch.compile"):
             reg.penalty()
+
+
+def test_cosine_distance_penalty_value_gradient_and_errors() -> None:
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = residual_mlp().double()
+    x = torch.randn(16, 6, dtype=torch.float64)
+    blocks = lacoot.find_blocks(model, x)
+    names = [b.name for b in blocks]
+    with lacoot.MSWRegularizer(model, blocks, lam=0.5, distance="cosine") as reg:
+        _, io = _block_io(model, names, x)
+        penalty = reg.penalty()
+    expected = []  # NumPy, sample by sample
+    for X, Y in io.values():
+        a, b = X.numpy(), Y.numpy()
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        expected.append(1.0 - cos.mean())
+    assert float(penalty) == pytest.approx(0.5 * np.mean(expected), rel=1e-12)
+
+    unit = lacoot.MSWRegularizer(model, blocks, distance="cosine")
+    X, Y = (torch.randn(8, 5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda a, b: unit.distance("u", a, b), (X, Y))
+    unit.close()
+    with pytest.raises(ValueError, match="distance='l2' is not known"):
+        lacoot.MSWRegularizer(model, blocks, distance="l2")
+    with pytest.raises(ValueError, match="relative=True divides an MSW"):
+        lacoot.MSWRegularizer(model, blocks, distance="cosine", relative=True)

@@ -116,6 +116,24 @@ def test_lambda_warmup_ramps_linearly_per_step(monkeypatch) -> None:
         TrainConfig(lam_warmup=-1)
 
 
+def test_cosine_distance_budget_run_trains_and_is_recorded(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = residual_mlp(units=4)
+    loader = _data()
+    blocks = lacoot.find_blocks(model, loader[0][0][:2])
+    cfg = TrainConfig(epochs=2, lam=1.0, distance="cosine", target_blocks=2, target_warmup=1,
+                      schedule="constant", lr=0.01)  # fmt: skip
+    result = train(model, blocks, loader, loader[:2], cfg, out_dir=tmp_path, device="cpu",
+                   progress=False)  # fmt: skip
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["train_config"]["distance"] == "cosine"
+    last = result.history[-1]
+    assert sorted(k for k in last if k.startswith("msw/")) == sorted(
+        f"msw/{t}" for t in state["regularizer"]["targets"]
+    )
+    assert all(0 <= last[k] <= 2 for k in last if k.startswith("msw/"))  # 1 - cos in [0, 2]
+
+
 def test_penalize_patterns_and_errors(tmp_path) -> None:
     torch.manual_seed(0)
     model = residual_mlp(units=4)

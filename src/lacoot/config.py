@@ -176,6 +176,12 @@ def _criteria() -> tuple[str, ...]:
     return tuple(list_criteria())
 
 
+def _distances() -> tuple[str, ...]:
+    from .regularizer import DISTANCES
+
+    return DISTANCES
+
+
 def _datasets() -> tuple[str, ...]:
     from .data import DATASETS
 
@@ -262,6 +268,9 @@ class TrainConfig(Options):
     global_msw: bool = option(False, "under torchrun: the MSW penalty on the global batch "
                               "(features of all processes gathered)")  # fmt: skip
     sync_bn: bool = option(False, "under torchrun: batch-norm statistics over the global batch")
+    distance: str = option("msw", "block distance of the penalty: msw (LaCoOT) or cosine (1 - "
+                           "mean cosine of each sample's output and input; not the paper's)",
+                           choices=_distances)  # fmt: skip
     relative: bool = option(False, "divide each block's MSW by its input's principal spread "
                             "(scale-free penalty)")  # fmt: skip
     penalize: tuple[str, ...] = option((), "glob patterns of the blocks to penalise, e.g. "
@@ -296,6 +305,9 @@ class TrainConfig(Options):
                 f"target_blocks={self.target_blocks!r} and target_macs={self.target_macs!r}; "
                 "expected at most one budget"
             )
+        if self.relative and self.distance != "msw":
+            raise ValueError(f"relative=True divides an MSW; distance={self.distance!r} is "
+                             "scale-free: expected relative=False")  # fmt: skip
         if self.targeted and self.penalize:  # penalize with target_macs=1 is fine
             raise ValueError(
                 "penalize and target_blocks/target_macs both choose the penalised blocks; "

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import Block, flow_tensor, replace_arg, tensor_version
@@ -19,6 +20,7 @@ from .ot import Method, max_sliced_wasserstein, random_projections
 
 __all__ = ["MSWRegularizer", "block_io_hooks", "power_spread"]
 
+DISTANCES = ("msw", "cosine")  # the block distances a penalty can use
 SPREAD_KEY = "/spread"  # suffix of the carried principal directions in ``directions``
 
 
@@ -129,6 +131,14 @@ class MSWRegularizer:
         The ratio is scale-free: the penalty can no longer be lowered by shrinking the features,
         and one lambda means the same for blocks of any width or scale. It is the training
         counterpart of the ``msw_rel`` criterion (``MSW(X, Y) / MSW(X, mean(X))``).
+    distance : {"msw", "cosine"}
+        ``msw``: the LaCoOT penalty (the max-sliced distance above). ``cosine``: ``1 - mean_i
+        cos(x_i, y_i)``, each sample's output against its own input (the ``cosine`` criterion,
+        block influence): a pointwise, scale-free distance, zero exactly when the block keeps every
+        sample's direction, and one pass over the features (no directions, no sort). Not the
+        paper's; offered because the ``cosine`` order is the one that removes best (measured in
+        ``docs/benchmarks/collapse_quality.md``). ``method``, ``n_projections``, ``n_iters``,
+        ``n_starts``, ``p`` and ``relative`` concern ``msw`` only.
     gather : bool
         Under ``torch.distributed`` (DDP), compute each distance on the global batch: the block
         inputs and outputs of every rank are gathered (gradients flowing back to each rank), so
@@ -155,9 +165,14 @@ class MSWRegularizer:
         seed: int | None = None,
         gather: bool = False,
         relative: bool = False,
+        distance: str = "msw",
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam={lam!r} is negative or NaN; expected lam >= 0")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance={distance!r} is not known; expected one of {DISTANCES}")
+        if distance != "msw" and relative:
+            raise ValueError(f"relative=True divides an MSW; distance={distance!r} is scale-free")
         if method not in ("ascent", "random"):
             raise ValueError(f"method={method!r} is not known; expected 'ascent' or 'random'")
         blocks = list(blocks)
@@ -173,6 +188,7 @@ class MSWRegularizer:
         self.p = p
         self.seed = seed
         self.gather = bool(gather)
+        self.kind = distance
         self.relative = bool(relative)
         self.steps = 0
         self.directions: dict[str, Tensor] = {}
@@ -187,6 +203,8 @@ class MSWRegularizer:
     def distance(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         """``MSW(x, y)`` of one block with samples flattened: ``x, y: (B, ...)`` -> scalar."""
         X, Y = x.flatten(1), y.flatten(1)
+        if self.kind == "cosine":
+            return 1.0 - F.cosine_similarity(X, Y, dim=1, eps=1e-12).mean()
         seed = None if self.seed is None else self.seed + self.steps
         if self.method == "random":
             return max_sliced_wasserstein(

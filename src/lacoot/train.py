@@ -225,6 +225,7 @@ def _penalty_on(
         seed=cfg.seed,
         gather=cfg.global_msw,
         relative=cfg.relative,
+        distance=cfg.distance,
     )
 
 
