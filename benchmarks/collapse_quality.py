@@ -150,7 +150,7 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
     )  # fmt: skip
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
-            "distance": "cosine", "target_criterion": "cosine"}, config="budget6-cos3")
+            "distance": "cosine"}, config="budget6-cos3")
     )  # fmt: skip
     for k, lam in ((2, 1.0), (6, 3.0), (6, 6.0)):  # lambda / k = 0.5 (as budget4-rnd2) or 1
         jobs.append(
