@@ -148,6 +148,10 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
         Job("main-budget4-rnd2-ramp", "main", epochs, budget4 | {"lam": 2.0,
             "lam_warmup": epochs / 2}, config="budget4-rnd2-ramp")
     )  # fmt: skip
+    jobs.append(  # the ramp on a 6-block budget (k = 6 is where the targets fail to empty)
+        Job("main-budget6-rnd3-ramp", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
+            "lam_warmup": epochs / 2}, config="budget6-rnd3-ramp")
+    )  # fmt: skip
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "distance": "cosine"}, config="budget6-cos3")
