@@ -43,6 +43,7 @@ from lacoot import models as zoo
 from lacoot.export import export_onnx
 from lacoot.fold import fold_batchnorm
 from lacoot.inputs import channels_last
+from lacoot.profile import measure_latency
 from lacoot.report import markdown_table
 
 MODELS = ("resnet18", "resnet56")  # constructor arguments and input shapes: speed.MODELS
@@ -142,17 +143,11 @@ def time_shares(
     for h in hooks:
         h.remove()
 
-    def median_ms(fn: Callable[[], Any]) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+    def median_ms(module: nn.Module, inputs: torch.Tensor) -> float:
+        return measure_latency(module, inputs, warmup=1, repeats=repeats).median_ms
 
-    whole = median_ms(eager(model, x))
-    blocks = {n: median_ms(eager(modules[n], inputs[n])) for n in removed}
+    whole = median_ms(model, x)
+    blocks = {n: median_ms(modules[n], inputs[n]) for n in removed}
     macs = {n: lacoot.count_macs(modules[n], inputs[n][:1]) for n in removed}
     full_macs = lacoot.count_macs(model, x[:1])
     return {"batch": x.shape[0], "full_ms": whole, "block_ms": blocks,

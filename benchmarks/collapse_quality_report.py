@@ -125,23 +125,34 @@ def chosen_at(results: Results, names: list[str], k: int) -> Point | None:
     return best
 
 
-def headline(results: Results, schedule: str) -> dict[str, Any]:
-    """``headline.json``: the deepest collapse of one LaCoOT model (any order and repair) within
-    ``MAX_DROP`` validation points of the vanilla full model, the from-scratch nets and the
-    vanilla model with BN re-estimation."""
-    vanilla = results[VANILLA]
-    full = full_point(vanilla)
-    candidates = []
+def deepest_within(results: Results, max_macs: float | None = None) -> Point | None:
+    """The headline rule: among the collapses of every LaCoOT model (any order and repair) within
+    ``MAX_DROP`` validation points of the vanilla full model (and, given ``max_macs``, at most
+    that fraction of its MACs), the deepest, the highest validation accuracy among those;
+    labelled with its configuration, order and repair. None if there is none."""
+    full = full_point(results[VANILLA])
+    best = None
     for name in lacoot_models(results):
         for (order, repair), pts in curves(results[name]).items():
             for p in pts:
-                if full["val_accuracy"] - p["val_accuracy"] <= MAX_DROP:
-                    candidates.append((p["k"], p["val_accuracy"], name, order, repair, p))
-    best = None
-    if candidates:
-        k, _, name, order, repair, p = max(candidates, key=lambda c: (c[0], c[1]))
-        best = {"config": results[name]["config"], "criterion": order, "repair": repair, "k": k,
-                "macs_fraction": p["macs"] / full["macs"], "test": p["test_accuracy"]}  # fmt: skip
+                ok = full["val_accuracy"] - p["val_accuracy"] <= MAX_DROP
+                ok = ok and (max_macs is None or p["macs"] <= max_macs * full["macs"])
+                key = (p["k"], p["val_accuracy"])
+                if ok and (best is None or key > (best["k"], best["val_accuracy"])):
+                    best = p | {"config": results[name]["config"], "order": order,
+                                "repair": repair}  # fmt: skip
+    return best
+
+
+def headline(results: Results, schedule: str) -> dict[str, Any]:
+    """``headline.json``: the collapse :func:`deepest_within` chooses (any MACs), the
+    from-scratch nets and the vanilla model with BN re-estimation."""
+    vanilla = results[VANILLA]
+    full = full_point(vanilla)
+    p = deepest_within(results)
+    best = p and {"config": p["config"], "criterion": p["order"], "repair": p["repair"],
+                  "k": p["k"], "macs_fraction": p["macs"] / full["macs"],
+                  "test": p["test_accuracy"]}  # fmt: skip
     scratch = {str(k): r["test_accuracy"] for k, r in scratch_nets(results).items()}
     baseline = {str(p["k"]): p["test_accuracy"] for p in best_by_val(vanilla, "bn")[1:]}
     return {
@@ -166,24 +177,6 @@ def summary(p: Point | None, full_macs: float) -> dict[str, Any] | None:
             "macs_fraction": p["macs"] / full_macs, "test": p["test_accuracy"]}  # fmt: skip
 
 
-def within_budget(results: Results) -> Point | None:
-    """The headline rule restricted to collapses of at most ``MACS_TARGET`` of the MACs (linear
-    patches add MACs): the deepest within ``MAX_DROP`` validation points of vanilla, the highest
-    validation accuracy among those; labelled with its configuration, order and repair."""
-    full = full_point(results[VANILLA])
-    best = None
-    for name in lacoot_models(results):
-        for (order, repair), pts in curves(results[name]).items():
-            for p in pts:
-                ok = p["macs"] <= MACS_TARGET * full["macs"]
-                ok = ok and full["val_accuracy"] - p["val_accuracy"] <= MAX_DROP
-                key = (p["k"], p["val_accuracy"])
-                if ok and (best is None or key > (best["k"], best["val_accuracy"])):
-                    best = p | {"config": results[name]["config"], "order": order,
-                                "repair": repair}  # fmt: skip
-    return best
-
-
 def target_1(results: Results, head: dict[str, Any]) -> dict[str, Any]:
     """At most ``MACS_TARGET`` of the MACs within ``MAX_DROP`` test points of the vanilla full
     model: the collapse the headline rule chooses among those within the MACs budget; the
@@ -191,7 +184,7 @@ def target_1(results: Results, head: dict[str, Any]) -> dict[str, Any]:
     chosen on validation per model) beside it, for information."""
     vanilla_test = head["vanilla_full_test"]
     full_macs = full_point(results[VANILLA])["macs"]
-    chosen = summary(within_budget(results), full_macs)
+    chosen = summary(deepest_within(results, MACS_TARGET), full_macs)
     met = chosen is not None and chosen["test"] >= vanilla_test - MAX_DROP
     at_4 = [chosen_at(results, [n], 4) for n in lacoot_models(results)]
     top = max((p for p in at_4 if p), key=lambda p: p["test_accuracy"], default=None)

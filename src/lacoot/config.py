@@ -305,9 +305,9 @@ class TrainConfig(Options):
                 f"target_blocks={self.target_blocks!r} and target_macs={self.target_macs!r}; "
                 "expected at most one budget"
             )
-        if self.relative and self.distance != "msw":
-            raise ValueError(f"relative=True divides an MSW; distance={self.distance!r} is "
-                             "scale-free: expected relative=False")  # fmt: skip
+        from .regularizer import check_distance
+
+        check_distance(self.distance, self.relative)
         if self.targeted and self.penalize:  # penalize with target_macs=1 is fine
             raise ValueError(
                 "penalize and target_blocks/target_macs both choose the penalised blocks; "

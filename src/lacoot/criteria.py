@@ -33,7 +33,7 @@ from .blocks import Block
 from .inputs import call_model, model_device, to_device
 from .metrics import Metric, top1_accuracy
 from .ot import max_sliced_wasserstein
-from .regularizer import block_io_hooks
+from .regularizer import block_io_hooks, cosine_distance
 
 __all__ = [
     "Criterion",
@@ -100,11 +100,6 @@ def get_criterion(name: str) -> Criterion:
         ) from None
 
 
-def _cosine(X: Tensor, Y: Tensor) -> Tensor:
-    X, Y = X.float(), Y.float()
-    return torch.nn.functional.cosine_similarity(X, Y, dim=1, eps=1e-12)
-
-
 def _angle(X: Tensor, Y: Tensor) -> Tensor:
     """Row-wise angle ``2 atan2(|x^ - y^|, |x^ + y^|)``: exact near 0, unlike ``acos(cos)``."""
     X = torch.nn.functional.normalize(X.float(), dim=1, eps=1e-12)
@@ -158,7 +153,7 @@ register_criterion(
     Criterion(
         "cosine",
         "1 - mean cosine similarity of input and output (block influence)",
-        batch_score=lambda X, Y, seed: 1.0 - _cosine(X, Y).mean(),
+        batch_score=lambda X, Y, seed: cosine_distance(X.float(), Y.float()),
     )
 )
 register_criterion(

@@ -24,6 +24,22 @@ DISTANCES = ("msw", "cosine")  # the block distances a penalty can use
 SPREAD_KEY = "/spread"  # suffix of the carried principal directions in ``directions``
 
 
+def cosine_distance(X: Tensor, Y: Tensor) -> Tensor:
+    """``1 - mean_i cos(x_i, y_i)`` of ``X, Y: (n, d)``, each row of ``Y`` against its own row of
+    ``X`` (block influence): a differentiable scalar in ``[0, 2]``."""
+    return 1.0 - F.cosine_similarity(X, Y, dim=1, eps=1e-12).mean()
+
+
+def check_distance(distance: str, relative: bool) -> None:
+    """Raise ValueError for an unknown ``distance`` or for ``relative`` with a distance other
+    than ``msw`` (the relative penalty divides an MSW)."""
+    if distance not in DISTANCES:
+        raise ValueError(f"distance={distance!r} is not known; expected one of {DISTANCES}")
+    if distance != "msw" and relative:
+        raise ValueError(f"relative=True divides an MSW; distance={distance!r} is scale-free: "
+                         "expected relative=False")  # fmt: skip
+
+
 @torch.no_grad()
 def power_spread(X: Tensor, init: Tensor | None = None, n_iters: int = 2) -> tuple[Tensor, Tensor]:
     """Spread of ``X: (n, d)`` along its principal direction, by power iteration (no gradient).
@@ -169,10 +185,7 @@ class MSWRegularizer:
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam={lam!r} is negative or NaN; expected lam >= 0")
-        if distance not in DISTANCES:
-            raise ValueError(f"distance={distance!r} is not known; expected one of {DISTANCES}")
-        if distance != "msw" and relative:
-            raise ValueError(f"relative=True divides an MSW; distance={distance!r} is scale-free")
+        check_distance(distance, relative)
         if method not in ("ascent", "random"):
             raise ValueError(f"method={method!r} is not known; expected 'ascent' or 'random'")
         blocks = list(blocks)
@@ -204,7 +217,7 @@ class MSWRegularizer:
         """``MSW(x, y)`` of one block with samples flattened: ``x, y: (B, ...)`` -> scalar."""
         X, Y = x.flatten(1), y.flatten(1)
         if self.kind == "cosine":
-            return 1.0 - F.cosine_similarity(X, Y, dim=1, eps=1e-12).mean()
+            return cosine_distance(X, Y)
         seed = None if self.seed is None else self.seed + self.steps
         if self.method == "random":
             return max_sliced_wasserstein(
