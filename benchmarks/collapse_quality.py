@@ -144,10 +144,11 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             "main-budget4-rnd0.3", "main", epochs, budget4 | {"lam": 0.3}, config="budget4-rnd0.3"
         ),  # fmt: skip
     ]
-    jobs.append(  # lambda rises over the first half of the training: blocks die later
-        Job("main-budget4-rnd2-ramp", "main", epochs, budget4 | {"lam": 2.0,
-            "lam_warmup": epochs / 2}, config="budget4-rnd2-ramp")
-    )  # fmt: skip
+    for lam in (2.0, 1.0):  # lambda rises over the first half of the training: blocks die later
+        jobs.append(
+            Job(f"main-budget4-rnd{lam:g}-ramp", "main", epochs, budget4 | {"lam": lam,
+                "lam_warmup": epochs / 2}, config=f"budget4-rnd{lam:g}-ramp")
+        )  # fmt: skip
     jobs.append(  # the ramp on a 6-block budget (k = 6 is where the targets fail to empty)
         Job("main-budget6-rnd3-ramp", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "lam_warmup": epochs / 2}, config="budget6-rnd3-ramp")
