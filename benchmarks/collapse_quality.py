@@ -72,6 +72,7 @@ SCREEN_LAMS = {
 }
 SCRATCH_K = (2, 4, 6)
 SELECT_K = 4  # screening configurations are ranked by their best validation accuracy at this k
+ESCALATE = 5e-4  # influence below which a target counts as removed (``escalate`` jobs)
 
 
 @dataclass
@@ -153,6 +154,11 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
         Job("main-budget6-rnd3-ramp", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "lam_warmup": epochs / 2}, config="budget6-rnd3-ramp")
     )  # fmt: skip
+    for k, lam in ((6, 3.0), (4, 2.0)):  # targets as constraints: alive ones pulled ever harder
+        jobs.append(
+            Job(f"main-budget{k}-rnd{lam:g}-esc", "main", epochs, budget4 | {"target_blocks": k,
+                "lam": lam, "escalate": ESCALATE}, config=f"budget{k}-rnd{lam:g}-esc")
+        )  # fmt: skip
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "distance": "cosine"}, config="budget6-cos3")

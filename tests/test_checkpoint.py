@@ -57,11 +57,13 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("stop_after", [1, 2])  # before and after the targets are chosen
-def test_targeted_run_resumes_exactly(tmp_path, stop_after: int) -> None:
+@pytest.mark.parametrize(
+    "stop_after, escalate", [(1, None), (2, None), (2, 0.0)]
+)  # before and after the targets are chosen; escalated weights (influence 0: always rising)
+def test_targeted_run_resumes_exactly(tmp_path, stop_after: int, escalate: float | None) -> None:
     loader = _data()
     cfg = TrainConfig(epochs=3, lam=0.5, target_blocks=1, target_warmup=1, schedule="constant",
-                      lr=0.01)  # fmt: skip
+                      lr=0.01, escalate=escalate)  # fmt: skip
 
     def fresh():
         torch.manual_seed(0)
@@ -88,6 +90,11 @@ def test_targeted_run_resumes_exactly(tmp_path, stop_after: int) -> None:
     targets = [load_checkpoint(tmp_path / d / "checkpoint.pt")["regularizer"]["targets"]
                for d in "ab"]  # fmt: skip
     assert targets[0] == targets[1] and len(targets[0]) == 1
+    if escalate is not None:  # two epochs of target steps: the weight doubled twice
+        (weight,) = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["regularizer"][
+            "weights"
+        ].values()
+        assert weight == pytest.approx(4.0)
 
 
 def test_resume_after_kill_matches_uninterrupted(work: Path, uninterrupted) -> None:

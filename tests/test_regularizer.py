@@ -288,3 +288,33 @@ def test_cosine_distance_penalty_value_gradient_and_errors() -> None:
         lacoot.MSWRegularizer(model, blocks, distance="l2")
     with pytest.raises(ValueError, match="relative=True divides an MSW"):
         lacoot.MSWRegularizer(model, blocks, distance="cosine", relative=True)
+
+
+def test_escalate_raises_the_weight_of_alive_blocks_only() -> None:
+    """Closed form: an identity block (influence 0) keeps weight 1, a block that changes its input
+    doubles per step up to the cap; the penalty uses the weights of the step before."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(6, 6))
+    reg = lacoot.MSWRegularizer(model, ["0", "1"], lam=0.5, method="random", seed=3,
+                                escalate=1e-3, escalate_rate=2.0, max_weight=5.0)  # fmt: skip
+    x = torch.randn(16, 6)
+    seen = []
+    for _ in range(4):
+        model(x)
+        before = dict(reg.weights)
+        value = reg.penalty()
+        expected = 0.5 * sum(before.get(n, 1.0) * float(reg.last[n]) for n in ("0", "1")) / 2
+        assert float(value.detach()) == pytest.approx(expected, rel=1e-6)
+        seen.append(dict(reg.weights))
+    assert [w["1"] for w in seen] == [2.0, 4.0, 5.0, 5.0]  # capped at max_weight
+    assert all(w["0"] == 1.0 for w in seen)  # never below 1
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(6))
+        model[1].bias.zero_()
+    model(x)
+    reg.penalty()
+    assert reg.weights["1"] == 2.5  # dead now: the weight falls back
+    with pytest.raises(ValueError, match="escalate=-1"):
+        lacoot.MSWRegularizer(model, ["0"], escalate=-1)
+    with pytest.raises(ValueError, match="escalate_rate=1"):
+        lacoot.MSWRegularizer(model, ["0"], escalate=0.1, escalate_rate=1)

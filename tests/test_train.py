@@ -116,6 +116,19 @@ def test_lambda_warmup_ramps_linearly_per_step(monkeypatch) -> None:
         TrainConfig(lam_warmup=-1)
 
 
+def test_escalate_needs_blocks_meant_to_go_and_logs_their_weights(tmp_path) -> None:
+    with pytest.raises(ValueError, match="escalate=0.001 pulls harder .* every block is "):
+        TrainConfig(escalate=1e-3, target_macs=1.0)
+    with pytest.raises(ValueError, match="escalate=-1"):
+        TrainConfig(escalate=-1, target_blocks=1)
+    model, blocks = tiny_model()
+    cfg = TrainConfig(**{**CFG.to_dict(), "penalize": ("layer1.*",), "escalate": 0.0})
+    result = train(model, blocks, tiny_loader(), None, cfg, progress=False)
+    weights = {k: v for k, v in result.history[-1].items() if k.startswith("weight/")}
+    assert sorted(weights) == ["weight/layer1.0", "weight/layer1.1", "weight/layer1.2"]
+    assert weights["weight/layer1.0"] == pytest.approx(8.0)  # 3 epochs of doubling
+
+
 def test_cosine_distance_budget_run_trains_and_is_recorded(tmp_path) -> None:
     torch.manual_seed(0)
     model = residual_mlp(units=4)

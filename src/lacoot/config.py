@@ -289,6 +289,12 @@ class TrainConfig(Options):
         1, "epochs with every block penalised before the targets are chosen (at most epochs - 1)",
         check=lambda v: v >= 0, expect="an integer >= 0 (epochs)",
     )  # fmt: skip
+    escalate: float | None = option(
+        None, "treat the penalised blocks (a budget's targets or --penalize) as constraints: each "
+        "block's own weight doubles every epoch while its influence (1 - mean cosine of its "
+        "output and input) is above this value, and falls back towards 1 once below (at most 64)",
+        check=lambda v: v >= 0 and math.isfinite(v), expect="an influence >= 0, such as 0.001",
+    )  # fmt: skip
     target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "
                                    "are chosen", choices=_criteria, label="criterion")  # fmt: skip
 
@@ -308,6 +314,11 @@ class TrainConfig(Options):
         from .regularizer import check_distance
 
         check_distance(self.distance, self.relative)
+        if self.escalate is not None and not (self.targeted or self.penalize):
+            raise ValueError(
+                f"escalate={self.escalate!r} pulls harder on the blocks meant to go, but every "
+                "block is penalised; expected a budget (target_blocks/target_macs) or penalize"
+            )
         if self.targeted and self.penalize:  # penalize with target_macs=1 is fine
             raise ValueError(
                 "penalize and target_blocks/target_macs both choose the penalised blocks; "

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed as dist_
 from .blocks import Block, flow_tensor, replace_arg, tensor_version
 from .distributed import gather_batch
 from .ot import Method, max_sliced_wasserstein, random_projections
@@ -155,6 +156,16 @@ class MSWRegularizer:
         paper's; offered because the ``cosine`` order is the one that removes best (measured in
         ``docs/benchmarks/collapse_quality.md``). ``method``, ``n_projections``, ``n_iters``,
         ``n_starts``, ``p`` and ``relative`` concern ``msw`` only.
+    escalate : float, optional
+        Treat the penalised blocks as constraints ("these blocks must become removable"): each
+        block carries its own weight ``w_b`` (1 at first; the penalty is ``lam * mean_b w_b *
+        MSW_b``), multiplied by ``escalate_rate`` after every step on which the block's influence
+        (``1 - mean_i cos(x_i, y_i)``, no gradient, averaged over processes) is above
+        ``escalate``, and divided by it (not below 1) otherwise, up to ``max_weight``. A block
+        the task keeps alive is pulled ever harder, a dead one is left alone; the weights are in
+        :attr:`weights` (checkpointed by the trainer). None (default): every weight is 1.
+    escalate_rate, max_weight : float
+        The per-step factor (``> 1``) and the cap (``>= 1``) of the weights of ``escalate``.
     gather : bool
         Under ``torch.distributed`` (DDP), compute each distance on the global batch: the block
         inputs and outputs of every rank are gathered (gradients flowing back to each rank), so
@@ -182,9 +193,17 @@ class MSWRegularizer:
         gather: bool = False,
         relative: bool = False,
         distance: str = "msw",
+        escalate: float | None = None,
+        escalate_rate: float = 1.01,
+        max_weight: float = 64.0,
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam={lam!r} is negative or NaN; expected lam >= 0")
+        if escalate is not None and not escalate >= 0:
+            raise ValueError(f"escalate={escalate!r}; expected a block influence >= 0, or None")
+        if not escalate_rate > 1 or not max_weight >= 1:
+            raise ValueError(f"escalate_rate={escalate_rate!r}, max_weight={max_weight!r}; "
+                             "expected escalate_rate > 1 and max_weight >= 1")  # fmt: skip
         check_distance(distance, relative)
         if method not in ("ascent", "random"):
             raise ValueError(f"method={method!r} is not known; expected 'ascent' or 'random'")
@@ -204,6 +223,10 @@ class MSWRegularizer:
         self.kind = distance
         self.relative = bool(relative)
         self.steps = 0
+        self.escalate = escalate
+        self.escalate_rate = float(escalate_rate)
+        self.max_weight = float(max_weight)
+        self.weights: dict[str, float] = {}  # the escalated blocks' weights (absent: 1)
         self.directions: dict[str, Tensor] = {}
         self.last: dict[str, Tensor] = {}
         self._captured: dict[str, tuple[Tensor, Tensor]] = {}
@@ -301,12 +324,28 @@ class MSWRegularizer:
                     self.directions[name + SPREAD_KEY] = v
                     value = value / spread.clamp_min(torch.finfo(spread.dtype).tiny)
             self.last[name] = value.detach()
-            values.append(value)
+            values.append(value * self.weights.get(name, 1.0))
         self.steps += 1
         if not values:
             device = next(iter(captured.values()))[0].device
             return torch.zeros((), device=device)
+        if self.escalate is not None:
+            self._escalate(captured)
         return self.lam * torch.stack(values).mean()
+
+    @torch.no_grad()
+    def _escalate(self, captured: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Update :attr:`weights` from this step's block influences (see ``escalate``); the
+        weights take effect from the next step."""
+        names = [n for n in self.names if n in self.last]
+        influence = torch.stack([
+            cosine_distance(*(t.flatten(1).float() for t in captured[n])) for n in names
+        ])  # fmt: skip
+        influence = dist_.all_reduce(influence) / dist_.info().world_size
+        for name, c in zip(names, influence.tolist(), strict=True):
+            w = self.weights.get(name, 1.0)
+            w = w * self.escalate_rate if c > self.escalate else w / self.escalate_rate
+            self.weights[name] = min(max(w, 1.0), self.max_weight)
 
     def forget(self, names: Iterable[str] | None = None) -> None:
         """Drop the carried ascent directions of ``names`` (default: all), for example after

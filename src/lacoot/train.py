@@ -204,11 +204,13 @@ def _penalty_on(
     blocks: Sequence[Block],
     targets: Sequence[str] | None,
     cfg: TrainConfig,
+    steps_per_epoch: int,
     replaces: MSWRegularizer | None = None,
 ) -> MSWRegularizer | None:
     """The penalty on a budget's ``targets`` once chosen, else on the blocks penalised from the
     start; ``replaces`` (an earlier penalty) is closed. None for vanilla training (no hooks, no
-    per-step cost)."""
+    per-step cost). ``cfg.escalate`` acts on the blocks meant to go only (not during a budget's
+    warm-up), its weights doubling in one epoch of ``steps_per_epoch`` steps."""
     if replaces is not None:
         replaces.close()
     names = list(targets) if targets is not None else _penalized(blocks, cfg)
@@ -226,6 +228,8 @@ def _penalty_on(
         gather=cfg.global_msw,
         relative=cfg.relative,
         distance=cfg.distance,
+        escalate=cfg.escalate if targets is not None or cfg.penalize else None,
+        escalate_rate=2.0 ** (1.0 / steps_per_epoch),
     )
 
 
@@ -289,7 +293,8 @@ class _Run:
 
     def save(self, epoch: int, batch: int, sums: dict[str, Any] | None) -> None:
         """A checkpoint after ``batch`` steps of epoch ``epoch`` (every process takes part)."""
-        regs = {"targets": self.targets, "steps": self.reg.steps if self.reg else 0}
+        regs = {"targets": self.targets, "steps": self.reg.steps if self.reg else 0,
+                "weights": dict(self.reg.weights) if self.reg else {}}  # fmt: skip
         state = {
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "regularizer": regs, "epoch": epoch,
@@ -333,7 +338,7 @@ def _prepare(
     opt = _optimizer(model, cfg)
     out = Path(out_dir) if out_dir is not None else None
     run = _Run(model, blocks, cfg, dev, opt, _scheduler(opt, cfg, steps), steps, out, meta or {})
-    run.reg = _penalty_on(model, blocks, None, cfg)
+    run.reg = _penalty_on(model, blocks, None, cfg, steps)
     return run
 
 
@@ -351,9 +356,12 @@ def _resume(run: _Run) -> tuple[int, int, dict[str, Any] | None]:
     regs = state["regularizer"]
     if regs.get("targets") is not None:
         run.targets = list(regs["targets"])
-        run.reg = _penalty_on(run.model, run.blocks, run.targets, run.cfg, replaces=run.reg)
+        run.reg = _penalty_on(
+            run.model, run.blocks, run.targets, run.cfg, run.steps, replaces=run.reg
+        )
     if run.reg is not None:
         run.reg.steps = int(regs["steps"])
+        run.reg.weights = dict(regs.get("weights", {}))
         run.reg.directions = restore_directions(state, run.dev)
     restore_rng(state, run.cfg.seed, epoch, batch)
     run.history = list(state["history"])
@@ -389,7 +397,7 @@ def _choose_targets_when_due(run: _Run, epoch: int, loader: Iterable, progress: 
     run.targets = dist_.broadcast_object(
         choose_targets(run.model, run.blocks, loader, cfg, run.dev)
     )
-    run.reg = _penalty_on(run.model, run.blocks, run.targets, cfg, replaces=run.reg)
+    run.reg = _penalty_on(run.model, run.blocks, run.targets, cfg, run.steps, replaces=run.reg)
     if cfg.compile:  # new hooks: compile again
         run.net = _parallel(run.model, run.dev, cfg)
     if run.main and progress:
@@ -519,6 +527,8 @@ def _end_epoch(
     if val_loader is not None:
         row["val_loss"], row["val_accuracy"] = _evaluate(run.model, val_loader, run.dev)
     row.update(EpochSums.distances(total))
+    if run.reg is not None and run.reg.escalate is not None:
+        row.update({f"weight/{n}": run.reg.weights.get(n, 1.0) for n in run.reg.names})
     run.history.append(row)
     if run.out is not None:
         run.save(epoch + 1, 0, None)
