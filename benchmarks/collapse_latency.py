@@ -8,6 +8,9 @@ point) in deepest-first order is timed against the full model at batch 1 and ``-
 * ``eager, BN folded``: batch norm folded into the convolutions (``lacoot.fold``, what
   ``lacoot export`` writes for inference);
 * ``eager, BN folded, channels-last``: the same in NHWC memory format;
+* ``TorchScript, optimize_for_inference``: the folded models exported by ``lacoot export
+  --format torchscript --optimize`` (frozen), loaded back and passed through
+  ``torch.jit.optimize_for_inference``, as a deployment runs them;
 * ``onnxruntime``: the folded models exported to ONNX and run on ONNX Runtime's CPU provider.
 
 The two models take turns (one timed pass each per round, ``--repeats`` rounds after a warm-up);
@@ -40,7 +43,7 @@ from torch import nn
 
 import lacoot
 from lacoot import models as zoo
-from lacoot.export import export_onnx
+from lacoot.export import export_onnx, export_torchscript
 from lacoot.fold import fold_batchnorm
 from lacoot.inputs import channels_last
 from lacoot.profile import measure_latency
@@ -103,6 +106,14 @@ def eager(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
             return model(x)
 
     return run
+
+
+def torchscript_runner(model: nn.Module, x: torch.Tensor, folder: str, tag: str) -> Callable:
+    """One pass of ``model`` written by ``lacoot export --optimize`` (frozen TorchScript in
+    ``folder/tag.pt``), loaded back and optimised for inference, on ``x``."""
+    path = Path(folder) / f"{tag}.pt"
+    export_torchscript(model, x[:1], path, optimize=True)
+    return eager(torch.jit.optimize_for_inference(torch.jit.load(str(path))), x)
 
 
 def onnx_runner(
@@ -178,6 +189,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 "eager, BN folded": (eager(folded[model], x), eager(folded[small], x)),
                 "eager, BN folded, channels-last": (eager(nhwc[model], xl),
                                                     eager(nhwc[small], xl)),
+                "TorchScript, optimize_for_inference": (
+                    torchscript_runner(folded[model], x, tmp, f"full{batch}"),
+                    torchscript_runner(folded[small], x, tmp, f"small{batch}")),
             }  # fmt: skip
             try:
                 variants["onnxruntime"] = (

@@ -106,3 +106,26 @@ def test_no_fold_bn_keeps_the_batch_norms_of_an_inference_export(trained: Path, 
     err = lacoot_cmd("export", str(trained), "--blocks", "1", "--format", "pt", "--fold-bn",
                      "--output", str(work / "f.pt"), cwd=work, check=2).stderr  # fmt: skip
     assert "fold_bn=True needs an inference format" in err
+
+
+def test_optimized_torchscript_export_computes_the_collapsed_model(
+    trained: Path, work: Path
+) -> None:
+    target = work / "fast.torchscript"
+    out = lacoot_cmd("export", str(trained), "--blocks", "layer1.1", "--format", "torchscript",
+                     "--optimize", "--output", str(target), "--repair", "none",
+                     cwd=work).stdout  # fmt: skip
+    assert "frozen" in out and "(batch 1, TorchScript, after torch.jit.optimize_for_inf" in out
+    state = load_checkpoint(trained)
+    model, _, _ = model_from_checkpoint(state, trained, torch.device("cpu"))
+    shallow = lacoot.remove_blocks(model, ["layer1.1"]).eval()
+    x = torch.randn(8, 1, 28, 28)
+    loaded = torch.jit.load(str(target))
+    assert not list(loaded.parameters())  # frozen: the weights are constants of the graph
+    deployed = torch.jit.optimize_for_inference(loaded)
+    with torch.no_grad():  # oneDNN convolutions sum in another order: float32 rounding only
+        torch.testing.assert_close(loaded(x), shallow(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(deployed(x), shallow(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="optimize=True for format='onnx'; expected format "):
+        lacoot.export.export_model(shallow, work / "x.onnx", "onnx", x[:1], {}, [],
+                                   optimize=True)  # fmt: skip

@@ -147,12 +147,26 @@ def _write_via_temp(path: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
-def export_torchscript(model: nn.Module, example_input: Tensor, path: str | os.PathLike) -> None:
-    """Trace ``model`` (eval mode) on ``example_input`` and save it as a TorchScript file."""
+def export_torchscript(
+    model: nn.Module, example_input: Tensor, path: str | os.PathLike, optimize: bool = False
+) -> torch.jit.ScriptModule:
+    """Trace ``model`` (eval mode) on ``example_input`` and save it as a TorchScript file; return
+    the module a deployment runs.
+
+    ``optimize`` writes the traced module frozen (``torch.jit.freeze``: weights become constants)
+    and returns it passed through ``torch.jit.optimize_for_inference`` (convolutions fused with
+    what follows them, oneDNN layouts and prepacked weights on CPU), which the deployment applies
+    after loading: ``torch.jit.optimize_for_inference(torch.jit.load(path))``. The optimised
+    module itself cannot be saved and loaded back (PyTorch 2.x). It is faster at large batches
+    on CPU and can be slower at batch 1 (``docs/benchmarks/collapse_latency.md``).
+    """
     model = model.eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, example_input)
+        if optimize:
+            traced = torch.jit.freeze(traced)
     _write_via_temp(Path(path), lambda tmp: torch.jit.save(traced, tmp))
+    return torch.jit.optimize_for_inference(traced) if optimize else traced
 
 
 def export_onnx(model: nn.Module, example_input: Tensor, path: str | os.PathLike) -> None:
@@ -206,17 +220,21 @@ def export_model(
     removed: Sequence[str],
     fold_bn: bool | None = None,
     latency_repeats: int = 20,
+    optimize: bool = False,
 ) -> dict[str, Any]:
     """Write a collapsed zoo model in one of :data:`FORMATS` and measure what was written.
 
     ``fold_bn`` (default: on for ``torchscript`` and ``onnx``, the inference formats; ``pt``
     files are rebuilt from the zoo by :func:`load` and keep their batch norms) folds every batch
     norm into the layer before it (:func:`lacoot.fold.fold_batchnorm`, checked on
-    ``example_input``). An ONNX file is checked in onnxruntime (:func:`check_onnx`). Returns
-    ``{"path", "format", "removed", "folded_bn", "macs", "params", "latency_ms",
-    "onnx_max_abs_diff"}``: MACs per sample and parameters of the exported model, its median
-    latency in milliseconds at the batch of ``example_input`` (eager PyTorch, ``latency_repeats``
-    timed passes), the ONNX difference None unless checked.
+    ``example_input``). ``optimize`` (``torchscript`` only) writes the module frozen, to be
+    optimised for inference after loading (:func:`export_torchscript`). An ONNX file is checked
+    in onnxruntime (:func:`check_onnx`). Returns ``{"path", "format", "removed", "folded_bn",
+    "optimized", "macs", "params", "latency_ms", "onnx_max_abs_diff"}``: MACs per sample and
+    parameters of the exported model, its median latency in milliseconds at the batch of
+    ``example_input`` (``latency_repeats`` timed passes of the TorchScript module as deployed,
+    optimised with ``optimize``; else of the eager model), the ONNX difference None unless
+    checked.
     """
     from .fold import fold_batchnorm
     from .profile import count_macs, count_params, measure_latency
@@ -229,18 +247,21 @@ def export_model(
             "fold_bn=True needs an inference format (torchscript or onnx): a pt file is rebuilt "
             "from the zoo by lacoot.load, batch norms included"
         )
+    if optimize and fmt != "torchscript":
+        raise ValueError(f"optimize=True for format={fmt!r}; expected format 'torchscript'")
     model = fold_batchnorm(model, example_input) if fold else model.eval()
-    diff = None
+    diff, timed = None, model
     if fmt == "pt":
         save_model(path, model, spec, removed)
     elif fmt == "torchscript":
-        export_torchscript(model, example_input, path)
+        timed = export_torchscript(model, example_input, path, optimize=optimize)
     else:
         export_onnx(model, example_input, path)
         diff = check_onnx(model, path, example_input)
-    latency = measure_latency(model, example_input, repeats=latency_repeats)
+    latency = measure_latency(timed, example_input, repeats=latency_repeats)
     return {
         "path": str(path), "format": fmt, "removed": list(removed), "folded_bn": fold,
+        "optimized": bool(optimize),
         "macs": count_macs(model, example_input[:1]), "params": count_params(model),
         "latency_ms": latency.median_ms, "onnx_max_abs_diff": diff,
     }  # fmt: skip

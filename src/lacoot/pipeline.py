@@ -404,13 +404,15 @@ def run_export(
     seed: int = 0,
     overwrite: bool = False,
     fold_bn: bool | None = None,
+    optimize: bool = False,
 ) -> dict[str, Any]:
     """Write a checkpoint's model without ``blocks`` (a count, removed in ``options.criterion``
     order, or block names), repaired by ``options.repair`` on ``options.calib_samples``
     validation images, as ``fmt`` (``pt``, ``torchscript`` or ``onnx``, the last checked in
     onnxruntime when installed), batch norm folded for the inference formats unless ``fold_bn``
-    is False. Returns :func:`lacoot.export.export_model`'s summary (MACs, parameters and
-    latency of the exported model included)."""
+    is False, a TorchScript file frozen and optimised for inference with ``optimize``. Returns
+    :func:`lacoot.export.export_model`'s summary (MACs, parameters and latency of the exported
+    model included)."""
     from .blocks import remove_blocks
     from .collapse import removal_order
     from .export import export_model
@@ -440,7 +442,8 @@ def run_export(
     else:
         _, calib, _ = calibration_data(spec, dev, data_dir, seed)
         shallow = repair(model, removed, calib, opts.repair, opts.calib_samples).eval()
-    return export_model(shallow, output, fmt, example, state["model_spec"], removed, fold_bn)
+    return export_model(shallow, output, fmt, example, state["model_spec"], removed, fold_bn,
+                        optimize=optimize)  # fmt: skip
 
 
 def run_all(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any] | None:

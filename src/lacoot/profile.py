@@ -101,9 +101,10 @@ def compare_latency(
         raise ValueError(
             f"need repeats >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}"
         )
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
+    modes = [getattr(m, "training", None) for m in models]  # None: frozen TorchScript, no mode
+    for m, mode in zip(models, modes, strict=True):
+        if mode is not None:
+            m.eval()
     device = model_device(models[0]) if models else torch.device("cpu")
     times: list[list[float]] = [[] for _ in models]
     try:
@@ -117,7 +118,8 @@ def compare_latency(
                     times[i].append((time.perf_counter() - start) * 1e3)
     finally:
         for m, mode in zip(models, modes, strict=True):
-            m.train(mode)
+            if mode is not None:
+                m.train(mode)
     batch = batch_size(example_input)
     return [_summary(t, batch) for t in times]
 
