@@ -154,7 +154,7 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
         Job("main-budget6-rnd3-ramp", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "lam_warmup": epochs / 2}, config="budget6-rnd3-ramp")
     )  # fmt: skip
-    for k, lam in ((6, 3.0), (4, 2.0)):  # targets as constraints: alive ones pulled ever harder
+    for k, lam in ((6, 3.0), (4, 2.0), (4, 1.0)):  # targets as constraints (escalated weights)
         jobs.append(
             Job(f"main-budget{k}-rnd{lam:g}-esc", "main", epochs, budget4 | {"target_blocks": k,
                 "lam": lam, "escalate": ESCALATE}, config=f"budget{k}-rnd{lam:g}-esc")
