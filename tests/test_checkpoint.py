@@ -62,7 +62,8 @@ class _Stop(Exception):
 )  # before and after the targets are chosen; escalated weights (influence 0: always rising)
 def test_targeted_run_resumes_exactly(tmp_path, stop_after: int, escalate: float | None) -> None:
     loader = _data()
-    cfg = TrainConfig(epochs=3, lam=0.5, target_blocks=1, target_warmup=1, schedule="constant",
+    schedule = "constant" if escalate is None else "cosine"  # escalation needs a decaying lr
+    cfg = TrainConfig(epochs=3, lam=0.5, target_blocks=1, target_warmup=1, schedule=schedule,
                       lr=0.01, escalate=escalate)  # fmt: skip
 
     def fresh():
@@ -90,11 +91,10 @@ def test_targeted_run_resumes_exactly(tmp_path, stop_after: int, escalate: float
     targets = [load_checkpoint(tmp_path / d / "checkpoint.pt")["regularizer"]["targets"]
                for d in "ab"]  # fmt: skip
     assert targets[0] == targets[1] and len(targets[0]) == 1
-    if escalate is not None:  # two epochs of target steps: the weight doubled twice
-        (weight,) = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["regularizer"][
-            "weights"
-        ].values()
-        assert weight == pytest.approx(4.0)
+    if escalate is not None:  # the escalated weight is carried across the resume
+        weights = [load_checkpoint(tmp_path / d / "checkpoint.pt")["regularizer"]["weights"]
+                   for d in "ab"]  # fmt: skip
+        assert weights[0] == weights[1] and list(weights[0].values())[0] > 1.0
 
 
 def test_resume_after_kill_matches_uninterrupted(work: Path, uninterrupted) -> None:

@@ -314,6 +314,14 @@ def test_escalate_raises_the_weight_of_alive_blocks_only() -> None:
     model(x)
     reg.penalty()
     assert reg.weights["1"] == 2.5  # dead now: the weight falls back
+    reg.max_weight = 1.5  # a lower cap (the trainer's, at a high learning rate) acts at once
+    with torch.no_grad():
+        model[1].weight.mul_(2.0)
+    model(x)
+    value = float(reg.penalty().detach())
+    assert float(reg.last["1"]) > 0.1 and value == pytest.approx(
+        0.5 * 1.5 * float(reg.last["1"]) / 2, rel=1e-6
+    )
     with pytest.raises(ValueError, match="escalate=-1"):
         lacoot.MSWRegularizer(model, ["0"], escalate=-1)
     with pytest.raises(ValueError, match="escalate_rate=1"):

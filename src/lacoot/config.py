@@ -292,7 +292,9 @@ class TrainConfig(Options):
     escalate: float | None = option(
         None, "treat the penalised blocks (a budget's targets or --penalize) as constraints: each "
         "block's own weight doubles every epoch while its influence (1 - mean cosine of its "
-        "output and input) is above this value, and falls back towards 1 once below (at most 64)",
+        "output and input) is above this value, and falls back towards 1 once below; at most "
+        "64 and at most the peak learning rate over the current one (no escalation under a "
+        "constant schedule)",
         check=lambda v: v >= 0 and math.isfinite(v), expect="an influence >= 0, such as 0.001",
     )  # fmt: skip
     target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "

@@ -165,7 +165,10 @@ class MSWRegularizer:
         the task keeps alive is pulled ever harder, a dead one is left alone; the weights are in
         :attr:`weights` (checkpointed by the trainer). None (default): every weight is 1.
     escalate_rate, max_weight : float
-        The per-step factor (``> 1``) and the cap (``>= 1``) of the weights of ``escalate``.
+        The per-step factor (``> 1``) and the cap (``>= 1``) of the weights of ``escalate``. The
+        cap may be changed between steps (the trainer keeps ``learning rate x weight`` at most
+        the peak learning rate: a weight 32 times the penalty's at the peak of a one-cycle
+        schedule made a resnet20 training diverge); a weight above it counts as the cap.
     gather : bool
         Under ``torch.distributed`` (DDP), compute each distance on the global batch: the block
         inputs and outputs of every rank are gathered (gradients flowing back to each rank), so
@@ -324,7 +327,7 @@ class MSWRegularizer:
                     self.directions[name + SPREAD_KEY] = v
                     value = value / spread.clamp_min(torch.finfo(spread.dtype).tiny)
             self.last[name] = value.detach()
-            values.append(value * self.weights.get(name, 1.0))
+            values.append(value * min(self.weights.get(name, 1.0), self.max_weight))
         self.steps += 1
         if not values:
             device = next(iter(captured.values()))[0].device

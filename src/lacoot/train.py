@@ -413,6 +413,17 @@ def lam_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lam if step + 1 >= warm else cfg.lam * (step + 1) / warm
 
 
+MAX_ESCALATION = 64.0  # the largest per-block weight of ``cfg.escalate``
+
+
+def escalation_cap(cfg: TrainConfig, lr: float) -> float:
+    """The largest weight ``cfg.escalate`` may give a block while the learning rate is ``lr``:
+    ``cfg.lr / lr`` (every schedule peaks at ``cfg.lr``), between 1 and :data:`MAX_ESCALATION`,
+    so the penalty's step ``lr x weight`` never exceeds its step at the peak with weight 1 (the
+    weights rise as the learning rate decays; under a constant schedule they stay 1)."""
+    return min(MAX_ESCALATION, max(1.0, cfg.lr / lr)) if lr > 0 else MAX_ESCALATION
+
+
 def _step(
     run: _Run, x: Tensor, y: Tensor, sums: dict[str, Any], stopper: _GracefulStop, epoch: int,
     k: int,
@@ -430,6 +441,7 @@ def _step(
     task = F.cross_entropy(logits.float(), y)
     if run.reg is not None:
         run.reg.lam = lam_at(run.cfg, epoch * run.steps + k, run.steps)
+        run.reg.max_weight = escalation_cap(run.cfg, run.opt.param_groups[0]["lr"])
     penalty = run.reg.penalty() if run.reg is not None else torch.zeros((), device=run.dev)
     loss = task + penalty
     bad_loss, stop = run.stop_flags(not bool(torch.isfinite(loss)), stopper)
