@@ -59,7 +59,7 @@ class _Stop(Exception):
 
 @pytest.mark.parametrize(
     "stop_after, escalate", [(1, None), (2, None), (2, 0.0)]
-)  # before and after the targets are chosen; escalated weights (influence 0: always rising)
+)  # before and after the targets are chosen; escalated weights (tolerance 0: always rising)
 def test_targeted_run_resumes_exactly(tmp_path, stop_after: int, escalate: float | None) -> None:
     loader = _data()
     schedule = "constant" if escalate is None else "cosine"  # escalation needs a decaying lr

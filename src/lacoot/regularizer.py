@@ -22,6 +22,7 @@ from .ot import Method, max_sliced_wasserstein, random_projections
 __all__ = ["MSWRegularizer", "block_io_hooks", "power_spread"]
 
 DISTANCES = ("msw", "cosine")  # the block distances a penalty can use
+MAX_WEIGHT = 64.0  # the largest per-block weight ``escalate`` gives, unless told otherwise
 SPREAD_KEY = "/spread"  # suffix of the carried principal directions in ``directions``
 
 
@@ -198,7 +199,7 @@ class MSWRegularizer:
         distance: str = "msw",
         escalate: float | None = None,
         escalate_rate: float = 1.01,
-        max_weight: float = 64.0,
+        max_weight: float = MAX_WEIGHT,
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam={lam!r} is negative or NaN; expected lam >= 0")

@@ -42,7 +42,7 @@ from .config import TrainConfig
 from .device import resolve_device
 from .inputs import call_model, channels_last, first_samples, to_device
 from .metrics import logits_of
-from .regularizer import MSWRegularizer
+from .regularizer import MAX_WEIGHT, MSWRegularizer
 from .trainlog import EpochLog, EpochSums, progress_bar
 
 __all__ = [
@@ -413,15 +413,13 @@ def lam_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lam if step + 1 >= warm else cfg.lam * (step + 1) / warm
 
 
-MAX_ESCALATION = 64.0  # the largest per-block weight of ``cfg.escalate``
-
-
 def escalation_cap(cfg: TrainConfig, lr: float) -> float:
     """The largest weight ``cfg.escalate`` may give a block while the learning rate is ``lr``:
-    ``cfg.lr / lr`` (every schedule peaks at ``cfg.lr``), between 1 and :data:`MAX_ESCALATION`,
-    so the penalty's step ``lr x weight`` never exceeds its step at the peak with weight 1 (the
-    weights rise as the learning rate decays; under a constant schedule they stay 1)."""
-    return min(MAX_ESCALATION, max(1.0, cfg.lr / lr)) if lr > 0 else MAX_ESCALATION
+    ``cfg.lr / lr`` (every schedule peaks at ``cfg.lr``), between 1 and the regulariser's
+    ``MAX_WEIGHT``, so the penalty's step ``lr x weight`` never exceeds its step at the peak with
+    weight 1 (the weights rise as the learning rate decays; under a constant schedule they stay
+    1)."""
+    return min(MAX_WEIGHT, max(1.0, cfg.lr / lr)) if lr > 0 else MAX_WEIGHT
 
 
 def _step(
