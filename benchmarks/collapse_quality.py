@@ -51,6 +51,7 @@ from lacoot._io import atomic_write_text
 from lacoot.blocks import Block, remove_blocks
 from lacoot.collapse import sweep
 from lacoot.criteria import score_blocks
+from lacoot.metrics import Memoized, top1_accuracy
 from lacoot.ot import max_sliced_wasserstein
 from lacoot.pipeline import (
     RunConfig,
@@ -247,20 +248,23 @@ def evaluate_collapses(
     data = prepare_data(spec, device, seed=seed)
     sweeps: dict[str, Any] = {}
     scores: dict[str, Any] = {}
+    memo = Memoized(top1_accuracy)  # orders and repairs share collapses: each evaluated once
     for order in orders:
         t0 = time.perf_counter()
         scores[order] = score_blocks(
-            model, blocks, data.val, criterion=order, seed=seed, repair="bn", calib_samples=calib
-        )
+            model, blocks, data.val, criterion=order, seed=seed, repair="bn", calib_samples=calib,
+            evaluate=memo,
+        )  # fmt: skip
         for repair in REPAIRS:
             sw = sweep(
                 model, blocks, scores[order], data.val, data.test, latency_batch_sizes=(),
-                repair=repair, calib_loader=data.val, calib_samples=calib,
+                repair=repair, calib_loader=data.val, calib_samples=calib, evaluate=memo,
             )  # fmt: skip
             sweeps[f"{order}/{repair}"] = sw.to_dict()
         print(
-            f"  {ckpt.parent.name}: {order} swept in {time.perf_counter() - t0:.1f} s", flush=True
-        )
+            f"  {ckpt.parent.name}: {order} swept in {time.perf_counter() - t0:.1f} s "
+            f"({memo.hits} of {memo.calls} evaluations remembered)", flush=True,
+        )  # fmt: skip
     return {
         "blocks": [b.to_dict() for b in blocks],
         "full_macs": next(iter(sweeps.values()))["points"][0]["macs"],

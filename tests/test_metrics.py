@@ -9,7 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from lacoot.metrics import negative_perplexity, token_accuracy, top1_accuracy
+import copy
+
+from lacoot.metrics import (
+    Memoized,
+    model_fingerprint,
+    negative_perplexity,
+    token_accuracy,
+    top1_accuracy,
+)
 
 
 class Fixed(nn.Module):
@@ -55,3 +63,26 @@ def test_token_metrics_against_brute_force_and_the_uniform_closed_form() -> None
     assert negative_perplexity(uniform, [(torch.zeros(3), targets)]) == pytest.approx(-7.0)
     with pytest.raises(ValueError, match=r"expect logits \(B, T, V\) and targets \(B, T\)"):
         token_accuracy(Fixed(torch.randn(3, 7)), [(torch.zeros(3), targets[:, 0])])
+
+
+def test_memoized_metric_evaluates_each_model_and_loader_once() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    a = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    b = [(torch.randn(16, 4), torch.randint(0, 3, (16,)))]
+    memo = Memoized(top1_accuracy)
+    assert memo.__name__ == "top1_accuracy"
+    first = memo(net, a)
+    assert first == top1_accuracy(net, a)
+    assert memo(copy.deepcopy(net), a) == first  # equal contents: remembered
+    assert memo(net, b) == top1_accuracy(net, b)  # another loader: evaluated
+    assert (memo.calls, memo.hits) == (3, 1)
+    changed = copy.deepcopy(net)
+    changed[1].running_mean += 1.0  # a buffer, not a parameter: still another model
+    assert model_fingerprint(changed) != model_fingerprint(net)
+    assert memo(changed, a) == top1_accuracy(changed, a)
+    retyped = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    retyped.load_state_dict(net.state_dict())
+    retyped[1] = nn.Identity()  # same tensors but for one module: another fingerprint
+    assert model_fingerprint(retyped) != model_fingerprint(net)
+    assert (memo.calls, memo.hits) == (4, 1)

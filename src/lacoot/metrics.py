@@ -9,6 +9,7 @@ a tuple or a dict (:mod:`lacoot.inputs`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,6 +22,7 @@ from .inputs import call_model, model_device, to_device
 
 __all__ = [
     "Metric", "top1_accuracy", "token_accuracy", "negative_perplexity", "metric_name", "logits_of",
+    "Memoized", "model_fingerprint",
 ]  # fmt: skip
 
 Metric = Callable[[nn.Module, Iterable[Any]], float]
@@ -114,3 +116,45 @@ def negative_perplexity(model: nn.Module, loader: Iterable[Any], ignore_index: i
     if total == 0:
         raise ValueError("the loader yielded no target token; expected at least one")
     return -math.exp(nll / total)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A SHA-1 digest of a model's contents: its modules' names and types and every tensor of its
+    ``state_dict`` (names, dtypes, shapes, bytes). Two models with equal digests compute the same
+    function (up to code outside the modules); any changed weight or buffer changes it."""
+    h = hashlib.sha1()
+    for name, module in model.named_modules():
+        h.update(f"{name}:{type(module).__qualname__};".encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class Memoized:
+    """An evaluation function that remembers its results by loader and model contents.
+
+    Sweeps in several orders, or with several repairs, evaluate the same collapse more than once
+    (the full model, each unrepaired collapse, equal prefixes of two orders, all blocks removed):
+    pass one ``Memoized(metric)`` as every sweep's ``evaluate`` and each distinct
+    (loader, :func:`model_fingerprint`) pair is evaluated once. The loader is keyed by identity,
+    so it must yield the same data every time (no shuffling). ``calls`` and ``hits`` count.
+    """
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self.__name__ = metric_name(metric)
+        self._cache: dict[tuple[int, str], float] = {}
+        self._loaders: dict[int, Iterable[Any]] = {}  # held, so that no id is reused
+        self.calls = self.hits = 0
+
+    def __call__(self, model: nn.Module, loader: Iterable[Any]) -> float:
+        self.calls += 1
+        key = (id(loader), model_fingerprint(model))
+        if key in self._cache:
+            self.hits += 1
+        else:
+            self._loaders[id(loader)] = loader
+            self._cache[key] = self.metric(model, loader)
+        return self._cache[key]
