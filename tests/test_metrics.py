@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
-
-import copy
 
 from lacoot.metrics import (
     Memoized,
