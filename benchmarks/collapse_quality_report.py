@@ -30,6 +30,7 @@ MACS_TARGET = 0.55  # target 1: at most this fraction of the full model's MACs
 SCRATCH_GAP = 1.0  # target 3: test points below the same net trained from scratch
 SEED_KS = (2, 4, 6)  # the depths compared across seeds
 VANILLA = "main-vanilla"
+SELECT_K = 4  # the screening ranks its configurations by validation accuracy at this k
 
 Results = dict[str, dict[str, Any]]  # job name -> result
 Point = dict[str, Any]
@@ -390,6 +391,65 @@ def md_other_seeds(groups: list[dict[str, Any]], by_seed: dict[int, Results], se
     return "\n".join(out)
 
 
+def screening(results: Results) -> list[dict[str, Any]]:
+    """The short screening (jobs ``screen-*``), one :func:`screen_row` per model: the vanilla
+    model first, then the LaCoOT configurations by their best validation accuracy at
+    ``SELECT_K``."""
+    rows = [screen_row(name, res) for name, res in results.items()
+            if name.startswith("screen-") and "sweeps" in res]  # fmt: skip
+    rows.sort(key=lambda r: (r["config"] != "vanilla", -r["select_val"]))
+    return rows
+
+
+def screen_row(name: str, res: dict[str, Any]) -> dict[str, Any]:
+    """One screened model: the test accuracy of the full model, at each of ``SEED_KS`` (order
+    and repair chosen on validation), unrepaired at ``SELECT_K``, and at ``SELECT_K`` for each
+    order (its validation-best repair)."""
+    best, plain = best_by_val(res), best_by_val(res, "none")
+    macs = plain[0]["macs"]
+    orders: dict[str, Point] = {}
+    for (order, repair), pts in curves(res).items():
+        p = pts[SELECT_K] | {"order": order, "repair": repair}
+        if order not in orders or p["val_accuracy"] > orders[order]["val_accuracy"]:
+            orders[order] = p
+
+    def short(p: Point) -> dict[str, Any] | None:
+        return summary(p | {"config": res["config"]}, macs)
+
+    return {"job": name, "config": res["config"], "epochs": res["epochs"],
+            "targets": res.get("targets"), "full": plain[0]["test_accuracy"],
+            "at_k": {str(k): short(best[k]) for k in SEED_KS},
+            "unrepaired": short(plain[SELECT_K]),
+            "by_order": {o: short(p) for o, p in orders.items()},
+            "select_val": best[SELECT_K]["val_accuracy"]}  # fmt: skip
+
+
+def md_screening(rows: list[dict[str, Any]]) -> list[str]:
+    """The section "Screening" (nothing without screening results)."""
+    if not rows:
+        return []
+    orders = sorted({o for r in rows for o in r["by_order"]})
+    headers = ["config", "penalised", "full", *[f"k={k}" for k in SEED_KS],
+               f"k={SELECT_K} unrepaired", *[f"k={SELECT_K} `{o}`" for o in orders]]  # fmt: skip
+    table = []
+    for r in rows:
+        at = [f"{fmt(p['test'])} ({p['order']}/{p['repair']})"
+              for p in (r["at_k"][str(k)] for k in SEED_KS)]  # fmt: skip
+        by = [f"{fmt(r['by_order'][o]['test'])} ({r['by_order'][o]['repair']})"
+              if o in r["by_order"] else "-" for o in orders]  # fmt: skip
+        aimed = ", ".join(r["targets"] or []) or ("-" if r["config"] == "vanilla" else "all")
+        table.append([r["config"], aimed, fmt(r["full"]), *at, fmt(r["unrepaired"]["test"]), *by])
+    epochs = ", ".join(str(e) for e in sorted({r["epochs"] for r in rows}))
+    return [
+        f"## Screening ({epochs} epochs)\n",
+        "Test accuracy (%). Vanilla first, then the LaCoOT configurations ranked by validation "
+        f"accuracy at k = {SELECT_K} (any order and repair). At each k the order/repair chosen "
+        "on validation; for each order, the repair chosen on validation; `-`: not swept in that "
+        "order.\n",
+        markdown_table(headers, table),
+    ]
+
+
 def md_models(by_seed: dict[int, Results], seed: int) -> list[str]:
     """Every model of every seed (``seed`` first): test accuracy (validation in brackets) by
     order and repair."""
@@ -503,6 +563,7 @@ def render(by_seed: dict[int, Results], seed: int, schedule: str, head: dict[str
         "## Unrepaired (order chosen on validation at each k)\n",
         main_table(results, "none"),
         *md_targets(targets),
+        *md_screening(screening(results)),
         "## Headline (`headline.json`)\n",
         "```json\n" + json.dumps(head, indent=2) + "\n```\n",
         md_other_seeds(groups, by_seed, seed),
@@ -534,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     md = render(by_seed, args.seed, args.schedule, head, targets, groups, sources)
     atomic_write_text(args.out + ".md", md)
     merged = {"sources": sources, "schedule": args.schedule, "seed": args.seed,
-              "targets": targets, "other_seeds": groups, "results": results,
+              "targets": targets, "other_seeds": groups, "screening": screening(results),
+              "results": results,
               "other_seed_results": {str(s): r for s, r in sorted(by_seed.items())
                                      if s != args.seed}}  # fmt: skip
     atomic_write_text(args.out + ".json", json.dumps(merged, indent=1))

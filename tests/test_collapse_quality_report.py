@@ -129,3 +129,32 @@ def test_target_1_keeps_to_the_macs_budget() -> None:
     t1 = script.target_1(results, head)
     assert (t1["chosen"]["repair"], t1["chosen"]["k"], t1["chosen"]["test"]) == ("bn", 4, 93.5)
     assert t1["verdict"] == "met"  # 93.5 >= 94.0 - 1
+
+
+def test_screening_ranks_configurations_on_validation_at_select_k() -> None:
+    """Vanilla first whatever its accuracy, then the LaCoOT models by validation accuracy at
+    k = 4; each order's figure is that order's validation-best repair."""
+    script = load_script()
+
+    def flat(top: float) -> Callable[[int], float]:
+        return lambda k: top - k
+
+    weak = model("rel-all-0.1", bn=flat(80.0), linear=flat(81.0), none=flat(70.0))
+    strong = model("raw-tgt4-1", bn=flat(90.0), linear=flat(89.0), none=flat(85.0))
+    strong["targets"] = ["b0", "b1", "b2", "b3"]
+    results = {"screen-rel-all-0.1": weak, "screen-raw-tgt4-1": strong,
+               "screen-vanilla": vanilla(91.0), "main-vanilla": vanilla(94.0)}  # fmt: skip
+    rows = script.screening(results)
+    assert [r["config"] for r in rows] == ["vanilla", "raw-tgt4-1", "rel-all-0.1"]
+    top = rows[1]
+    assert top["full"] == 85.0  # k = 0 is the unrepaired full model
+    assert (top["at_k"]["4"]["repair"], top["at_k"]["4"]["test"]) == ("bn", 86.0)
+    assert top["unrepaired"]["test"] == 81.0
+    assert top["by_order"]["cosine"]["repair"] == "bn"
+    assert rows[2]["by_order"]["cosine"] == rows[2]["at_k"]["4"]  # linear wins: 77.0
+    assert rows[2]["at_k"]["4"]["test"] == 77.0
+    md = "\n".join(script.md_screening(rows))
+    assert "## Screening (2 epochs)" in md
+    assert "| raw-tgt4-1 | b0, b1, b2, b3 | 85.00 |" in md
+    assert "| rel-all-0.1 | all |" in md
+    assert script.md_screening([]) == []
