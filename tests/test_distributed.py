@@ -75,6 +75,27 @@ def test_local_msw_is_each_ranks_own() -> None:
     assert results[0][0] != pytest.approx(results[1][0], rel=1e-3)
 
 
+def _escalated_weights(rank: int, world_size: int, sizes: list[int]) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = residual_mlp(d_in=6, d=16, units=3)
+    x = _batch(sum(sizes))[sum(sizes[:rank]) : sum(sizes[: rank + 1])]
+    blocks = [b.name for b in lacoot.find_blocks(model, x[:1])]
+    with lacoot.MSWRegularizer(model, blocks, method="random", seed=5, escalate=0.05,
+                               escalate_rate=2.0) as reg:  # fmt: skip
+        for _ in range(2):
+            model(x)
+            reg.penalty()
+        return dict(reg.weights)
+
+
+def test_escalation_weighs_every_sample_even_on_a_rank_with_one() -> None:
+    """A rank whose batch is too small for a distance (1 sample) still takes part in the
+    influence all-reduce: both ranks end with the weights of one process on all 16 samples."""
+    want = _escalated_weights(0, 1, [16])
+    assert sorted(set(want.values())) == [1.0, 4.0]  # some blocks alive, some under 0.05
+    assert run_ranks(_escalated_weights, 2, ([1, 15],)) == [want, want]
+
+
 def _gather_shapes(rank: int, world_size: int):
     x = torch.full((rank + 1, 3), float(rank), requires_grad=True)
     y = distributed.gather_batch(x)

@@ -161,7 +161,7 @@ class MSWRegularizer:
         Treat the penalised blocks as constraints ("these blocks must become removable"): each
         block carries its own weight ``w_b`` (1 at first; the penalty is ``lam * mean_b w_b *
         MSW_b``), multiplied by ``escalate_rate`` after every step on which the block's influence
-        (``1 - mean_i cos(x_i, y_i)``, no gradient, averaged over processes) is above
+        (``1 - mean_i cos(x_i, y_i)``, no gradient, over the samples of every process) is above
         ``escalate``, and divided by it (not below 1) otherwise, up to ``max_weight``. A block
         the task keeps alive is pulled ever harder, a dead one is left alone; the weights are in
         :attr:`weights` (checkpointed by the trainer). None (default): every weight is 1.
@@ -330,23 +330,30 @@ class MSWRegularizer:
             self.last[name] = value.detach()
             values.append(value * min(self.weights.get(name, 1.0), self.max_weight))
         self.steps += 1
+        if self.escalate is not None:  # on every process, even one whose batch was too small
+            self._escalate(captured)
         if not values:
             device = next(iter(captured.values()))[0].device
             return torch.zeros((), device=device)
-        if self.escalate is not None:
-            self._escalate(captured)
         return self.lam * torch.stack(values).mean()
 
     @torch.no_grad()
     def _escalate(self, captured: dict[str, tuple[Tensor, Tensor]]) -> None:
-        """Update :attr:`weights` from this step's block influences (see ``escalate``); the
-        weights take effect from the next step."""
-        names = [n for n in self.names if n in self.last]
-        influence = torch.stack([
-            cosine_distance(*(t.flatten(1).float() for t in captured[n])) for n in names
-        ])  # fmt: skip
-        influence = dist_.all_reduce(influence) / dist_.info().world_size
-        for name, c in zip(names, influence.tolist(), strict=True):
+        """Update :attr:`weights` from this step's block influences (see ``escalate``): each
+        block's ``1 - cos(x_i, y_i)`` averaged over the samples of every process (one all-reduce
+        of ``(2, n_blocks)`` sums and counts). The weights take effect from the next step; a
+        block that saw no sample anywhere keeps its weight."""
+        sums = torch.zeros(2, len(self.names), device=next(iter(captured.values()))[0].device)
+        for i, name in enumerate(self.names):
+            x, y = (t.flatten(1).float() for t in captured[name])
+            if x.shape[0]:
+                sums[0, i] = x.shape[0] * cosine_distance(x, y)
+                sums[1, i] = x.shape[0]
+        sums = dist_.all_reduce(sums)
+        for name, (total, n) in zip(self.names, sums.T.tolist(), strict=True):
+            if not n:
+                continue
+            c = total / n
             w = self.weights.get(name, 1.0)
             w = w * self.escalate_rate if c > self.escalate else w / self.escalate_rate
             self.weights[name] = min(max(w, 1.0), self.max_weight)
