@@ -439,7 +439,8 @@ def _step(
     task = F.cross_entropy(logits.float(), y)
     if run.reg is not None:
         run.reg.lam = lam_at(run.cfg, epoch * run.steps + k, run.steps)
-        run.reg.max_weight = escalation_cap(run.cfg, run.opt.param_groups[0]["lr"])
+        if run.reg.escalate is not None:
+            run.reg.max_weight = escalation_cap(run.cfg, run.opt.param_groups[0]["lr"])
     penalty = run.reg.penalty() if run.reg is not None else torch.zeros((), device=run.dev)
     loss = task + penalty
     bad_loss, stop = run.stop_flags(not bool(torch.isfinite(loss)), stopper)
