@@ -160,6 +160,11 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             Job(f"main-budget{k}-rnd{lam:g}-esc", "main", epochs, budget4 | {"target_blocks": k,
                 "lam": lam, "escalate": ESCALATE}, config=f"budget{k}-rnd{lam:g}-esc")
         )  # fmt: skip
+    jobs.append(  # escalated, the budget never empties the two deepest stages
+        Job("main-budget6-rnd3-esc-deep", "main", epochs, budget4 | {"target_blocks": 6,
+            "lam": 3.0, "escalate": ESCALATE, "target_keep_deep": True},
+            config="budget6-rnd3-esc-deep")
+    )  # fmt: skip
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "distance": "cosine"}, config="budget6-cos3")

@@ -91,6 +91,32 @@ def test_choose_blocks_by_count_and_by_macs() -> None:
         choose_blocks(blocks, scores, full, n_blocks=9)
 
 
+def test_keep_deep_keeps_a_block_of_the_two_deepest_stages() -> None:
+    """resnet20's collapsible blocks (3 + 2 + 2 in three stages): the seed-1 budgets that took
+    both blocks of stages 2 and 3 now keep one of them; a budget that already keeps one, and a
+    model of one stage (a residual MLP), are unchanged."""
+    from lacoot.models import create
+
+    model = create("resnet20", num_classes=10, in_channels=1)
+    blocks = lacoot.find_blocks(model, torch.randn(2, 1, 28, 28))
+    full = lacoot.count_macs(model, torch.randn(1, 1, 28, 28))
+    ranked = ["layer3.1", "layer2.2", "layer3.2", "layer1.0", "layer2.1", "layer1.2", "layer1.1"]
+    scores = {n: float(i) for i, n in enumerate(ranked)}
+    plain = choose_blocks(blocks, scores, full, n_blocks=6)
+    assert plain == ranked[:6]  # stages 2 and 3 emptied, layer1.1 kept
+    kept = choose_blocks(blocks, scores, full, n_blocks=6, keep_deep=True)
+    assert kept == ["layer3.1", "layer2.2", "layer3.2", "layer1.0", "layer1.2", "layer1.1"]
+    assert choose_blocks(blocks, scores, full, n_blocks=7, keep_deep=True)[-1] == "layer2.1"
+    assert choose_blocks(blocks, scores, full, n_blocks=3, keep_deep=True) == ranked[:3]
+    mlp = residual_mlp(units=4)
+    mlp_blocks = lacoot.find_blocks(mlp, torch.randn(2, 6))
+    order = {"1": 0.4, "2": 0.1, "3": 0.3, "4": 0.2}
+    mlp_full = lacoot.count_macs(mlp, torch.randn(1, 6))
+    assert choose_blocks(mlp_blocks, order, mlp_full, n_blocks=4, keep_deep=True) == [
+        "2", "4", "3", "1"
+    ]  # fmt: skip
+
+
 def test_sweep_with_repair_reports_both_figures() -> None:
     from lacoot.models import create
 

@@ -202,3 +202,25 @@ def test_the_penalty_keeps_working_under_torch_compile() -> None:
         f"msw/{n}" for n in result.penalized
     )  # the targets' new hooks ran in the recompiled model
     assert len(result.penalized) == 2 and second["train_penalty"] > 0
+
+
+def test_target_keep_deep_reaches_the_budget() -> None:
+    """``target_keep_deep`` reorders the budget's ranking (the choice never empties the two
+    deepest stages short of every block)."""
+    from lacoot.collapse import keep_deep_order
+    from lacoot.train import choose_targets
+
+    model, blocks = tiny_model()
+
+    def chosen(k: int, keep: bool) -> list[str]:
+        cfg = TrainConfig(**{**CFG.to_dict(), "target_macs": None, "target_blocks": k,
+                             "target_keep_deep": keep})  # fmt: skip
+        return choose_targets(model, blocks, tiny_loader(), cfg, "cpu")
+
+    order = chosen(len(blocks), False)
+    kept = chosen(len(blocks) - 1, True)
+    assert kept == keep_deep_order(blocks, order)[:-1]
+    shapes = sorted({b.shape for b in blocks}, key=lambda s: max(b.order for b in blocks
+                                                                  if b.shape == s))  # fmt: skip
+    deep = {b.name for b in blocks if b.shape in shapes[-2:]}
+    assert not deep <= set(kept)

@@ -28,23 +28,45 @@ def removal_order(blocks: Sequence[Block], scores: Mapping[str, float]) -> list[
     return [b.name for b in ordered]
 
 
+def keep_deep_order(blocks: Sequence[Block], order: Sequence[str]) -> list[str]:
+    """``order`` with the block that would empty both of the two deepest stages moved last.
+
+    A stage is a group of blocks with the same feature shape (``Block.shape``); stages are
+    ranked by their deepest block. Removing blocks in the returned order empties those two
+    stages only when every block goes. With fewer than two stages the order is unchanged.
+    """
+    stages: dict[tuple[int, ...], int] = {}
+    for b in blocks:
+        stages[b.shape] = max(stages.get(b.shape, -1), b.order)
+    if len(stages) < 2:
+        return list(order)
+    deep = set(sorted(stages, key=stages.__getitem__)[-2:])
+    last = [n for n in order if next(b for b in blocks if b.name == n).shape in deep][-1]
+    return [n for n in order if n != last] + [last]
+
+
 def choose_blocks(
     blocks: Sequence[Block],
     scores: Mapping[str, float],
     full_macs: int,
     n_blocks: int | None = None,
     max_macs: float | None = None,
+    keep_deep: bool = False,
 ) -> list[str]:
     """The blocks a budget removes, in removal order: the first ``n_blocks`` of the order, or as
     few as bring the MACs per sample to at most ``max_macs * full_macs``.
 
     ``full_macs`` is the whole model's MACs per sample; each block saves its own ``Block.macs``.
+    ``keep_deep``: the order is :func:`keep_deep_order`'s, so a budget short of every block keeps
+    at least one block of the two deepest stages.
     """
     if (n_blocks is None) == (max_macs is None):
         raise ValueError(
             f"n_blocks={n_blocks!r}, max_macs={max_macs!r}; expected exactly one of them"
         )
     order = removal_order(blocks, scores)
+    if keep_deep:
+        order = keep_deep_order(blocks, order)
     if n_blocks is not None:
         if not 1 <= n_blocks <= len(order):
             raise ValueError(f"n_blocks={n_blocks!r}; expected 1..{len(order)} blocks")

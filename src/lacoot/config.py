@@ -299,6 +299,10 @@ class TrainConfig(Options):
     )  # fmt: skip
     target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "
                                    "are chosen", choices=_criteria, label="criterion")  # fmt: skip
+    target_keep_deep: bool = option(
+        False, "a budget keeps at least one block of the two deepest stages (groups of blocks "
+        "with the same feature shape): the block that would empty both goes last",
+    )  # fmt: skip
 
     def _normalise(self) -> None:
         super()._normalise()

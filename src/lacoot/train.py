@@ -255,9 +255,10 @@ def choose_targets(
         full = count_macs(model, example)
     finally:
         set_rng_state(rng)
+    keep = cfg.target_keep_deep
     if cfg.target_blocks is not None:
-        return choose_blocks(blocks, scores, full, n_blocks=cfg.target_blocks)
-    return choose_blocks(blocks, scores, full, max_macs=cfg.target_macs)
+        return choose_blocks(blocks, scores, full, n_blocks=cfg.target_blocks, keep_deep=keep)
+    return choose_blocks(blocks, scores, full, max_macs=cfg.target_macs, keep_deep=keep)
 
 
 # ------------------------------------------------------------------------------------- the loop
