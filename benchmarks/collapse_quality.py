@@ -103,10 +103,12 @@ def spread_order(blocks: list[Block]) -> list[str]:
 
 
 def screen_overrides(scale: str, which: str, lam: float) -> dict[str, Any]:
+    """``all``: every block penalised (no budget: ``target_macs`` 1 overrides the default one);
+    ``tgt4``: a 4-block budget chosen after one warm-up epoch."""
     extra: dict[str, Any] = {"lam": lam, "relative": scale == "rel"}
     if which == "tgt4":
-        extra |= {"target_blocks": 4, "target_warmup": 1, "target_criterion": "msw_rel"}
-    return extra
+        return extra | {"target_blocks": 4, "target_warmup": 1, "target_criterion": "msw_rel"}
+    return extra | {"target_macs": 1.0}
 
 
 def screening_jobs(epochs: int) -> list[Job]:
