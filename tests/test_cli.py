@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -47,10 +48,14 @@ def test_score_prints_every_block(trained: Path, work: Path) -> None:
 
 
 def test_collapse_writes_report_and_plot(trained: Path, work: Path) -> None:
-    lacoot_cmd(
+    proc = lacoot_cmd(
         "collapse", str(trained), "--blocks", "3", "--out", "col", "--compare", "depth",
         "--criterion", "msw", "--latency-batch-sizes", "1", "--latency-repeats", "2", cwd=work,
     )  # fmt: skip
+    # the two orders share at least the full model and the all-removed collapse
+    hits = re.search(r"(\d+) of (\d+) evaluations were of a collapse already measured",
+                     proc.stderr)  # fmt: skip
+    assert hits is not None and 0 < int(hits[1]) < int(hits[2])
     report = json.loads((work / "col" / "report.json").read_text())
     assert report["chosen"]["k"] == 3 and len(report["chosen"]["removed"]) == 3
     points = report["sweeps"]["msw"]["points"]

@@ -30,6 +30,7 @@ from .config import CollapseConfig, RunConfig
 from .criteria import score_blocks
 from .device import resolve_device
 from .distributed import barrier, env_rank, init_from_env, shutdown
+from .metrics import Memoized, top1_accuracy
 from .profile import count_macs
 from .train import train
 
@@ -288,14 +289,17 @@ def _sweep_orders(
     model: nn.Module, found: list[Block], calib: Any, test: Any, example: torch.Tensor,
     opts: CollapseConfig, seed: int, say: Any,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Sweep]]:  # fmt: skip
-    """Scores and sweep of every order (``opts.criterion`` first, then ``opts.compare``)."""
+    """Scores and sweep of every order (``opts.criterion`` first, then ``opts.compare``). One
+    :class:`lacoot.metrics.Memoized` evaluation serves them all: a collapse that the ``greedy``
+    criterion judged, or that another order reaches too, is evaluated once."""
     sweeps: dict[str, Sweep] = {}
     scores: dict[str, dict[str, float]] = {}
+    memo = Memoized(top1_accuracy)
     for name in [opts.criterion, *[c for c in opts.compare if c != opts.criterion]]:
         say(f"scoring {len(found)} blocks by {name!r}")
         scores[name] = score_blocks(
             model, found, calib, criterion=name, seed=seed, repair=opts.repair,
-            calib_samples=opts.calib_samples, progress=lambda msg: say(f"  {msg}"),
+            calib_samples=opts.calib_samples, progress=lambda msg: say(f"  {msg}"), evaluate=memo,
         )  # fmt: skip
         timed = name == opts.criterion  # latency only for the chosen order: same per depth
         say(f"sweeping {name!r} order with repair {opts.repair!r}"
@@ -304,8 +308,9 @@ def _sweep_orders(
             model, found, scores[name], calib, test, example_input=example,
             latency_batch_sizes=opts.latency_batch_sizes if timed else (),
             repeats=opts.latency_repeats, repair=opts.repair, calib_samples=opts.calib_samples,
-            progress=lambda msg, name=name: say(f"  {name}: {msg}"),
+            progress=lambda msg, name=name: say(f"  {name}: {msg}"), evaluate=memo,
         )  # fmt: skip
+    say(f"{memo.hits} of {memo.calls} evaluations were of a collapse already measured")
     return scores, sweeps
 
 
