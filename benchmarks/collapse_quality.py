@@ -49,7 +49,7 @@ import torch
 
 from lacoot._io import atomic_write_text
 from lacoot.blocks import Block, remove_blocks
-from lacoot.collapse import sweep
+from lacoot.collapse import stages, sweep
 from lacoot.criteria import score_blocks
 from lacoot.metrics import Memoized, top1_accuracy
 from lacoot.ot import max_sliced_wasserstein
@@ -88,12 +88,9 @@ class Job:
 
 # ---------------------------------------------------------------------------------- the plan
 def spread_order(blocks: list[Block]) -> list[str]:
-    """Blocks grouped by feature shape (a stage), groups from the deepest; one block from each
-    group in turn, the deepest remaining first. The removal order of the from-scratch nets."""
-    groups: dict[tuple[int, ...], list[Block]] = {}
-    for b in sorted(blocks, key=lambda b: b.order):
-        groups.setdefault(b.shape, []).append(b)
-    stacks = [sorted(g, key=lambda b: b.order) for g in reversed(list(groups.values()))]
+    """One block from each stage (:func:`lacoot.collapse.stages`) in turn, stages from the
+    deepest, the deepest remaining block first. The removal order of the from-scratch nets."""
+    stacks = [list(g) for g in reversed(stages(blocks))]
     order: list[str] = []
     while any(stacks):
         for stack in stacks:

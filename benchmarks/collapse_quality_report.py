@@ -548,7 +548,7 @@ def plot(results: Results, path: Path, best_config: str | None) -> None:
 
 
 def render(by_seed: dict[int, Results], seed: int, schedule: str, head: dict[str, Any],
-           targets: dict[str, Any], groups: list[dict[str, Any]],
+           targets: dict[str, Any], groups: list[dict[str, Any]], screen: list[dict[str, Any]],
            sources: list[dict[str, Any]]) -> str:  # fmt: skip
     """The Markdown report."""
     results = by_seed[seed]
@@ -563,7 +563,7 @@ def render(by_seed: dict[int, Results], seed: int, schedule: str, head: dict[str
         "## Unrepaired (order chosen on validation at each k)\n",
         main_table(results, "none"),
         *md_targets(targets),
-        *md_screening(screening(results)),
+        *md_screening(screen),
         "## Headline (`headline.json`)\n",
         "```json\n" + json.dumps(head, indent=2) + "\n```\n",
         md_other_seeds(groups, by_seed, seed),
@@ -590,12 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     head = headline(results, args.schedule)
     targets = {"seed": args.seed, "T1": target_1(results, head), "T2": target_2(results),
                "T3": target_3(results)}  # fmt: skip
-    groups = other_seeds(by_seed)
+    groups, screen = other_seeds(by_seed), screening(results)
     atomic_write_text(args.headline, json.dumps(head, indent=2) + "\n")
-    md = render(by_seed, args.seed, args.schedule, head, targets, groups, sources)
+    md = render(by_seed, args.seed, args.schedule, head, targets, groups, screen, sources)
     atomic_write_text(args.out + ".md", md)
     merged = {"sources": sources, "schedule": args.schedule, "seed": args.seed,
-              "targets": targets, "other_seeds": groups, "screening": screening(results),
+              "targets": targets, "other_seeds": groups, "screening": screen,
               "results": results,
               "other_seed_results": {str(s): r for s, r in sorted(by_seed.items())
                                      if s != args.seed}}  # fmt: skip

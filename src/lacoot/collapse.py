@@ -14,7 +14,10 @@ from .inputs import first_samples, repeat_sample, to_device
 from .metrics import Metric, metric_name, top1_accuracy
 from .profile import compare_latency, count_macs, count_params, model_device
 
-__all__ = ["removal_order", "choose_blocks", "collapse", "sweep", "Sweep", "SweepPoint"]
+__all__ = [
+    "removal_order", "stages", "keep_deep_order", "choose_blocks", "collapse", "sweep", "Sweep",
+    "SweepPoint",
+]  # fmt: skip
 
 Loader = Iterable[tuple[Tensor, Tensor]]
 
@@ -28,20 +31,25 @@ def removal_order(blocks: Sequence[Block], scores: Mapping[str, float]) -> list[
     return [b.name for b in ordered]
 
 
-def keep_deep_order(blocks: Sequence[Block], order: Sequence[str]) -> list[str]:
-    """``order`` with the block that would empty both of the two deepest stages moved last.
+def stages(blocks: Sequence[Block]) -> list[list[Block]]:
+    """Blocks grouped into stages: a stage is the blocks with one feature shape
+    (``Block.shape``), in execution order; stages from the shallowest to the deepest, ranked by
+    their deepest block."""
+    groups: dict[tuple[int, ...], list[Block]] = {}
+    for b in sorted(blocks, key=lambda b: b.order):
+        groups.setdefault(b.shape, []).append(b)
+    return sorted(groups.values(), key=lambda g: g[-1].order)
 
-    A stage is a group of blocks with the same feature shape (``Block.shape``); stages are
-    ranked by their deepest block. Removing blocks in the returned order empties those two
-    stages only when every block goes. With fewer than two stages the order is unchanged.
-    """
-    stages: dict[tuple[int, ...], int] = {}
-    for b in blocks:
-        stages[b.shape] = max(stages.get(b.shape, -1), b.order)
-    if len(stages) < 2:
+
+def keep_deep_order(blocks: Sequence[Block], order: Sequence[str]) -> list[str]:
+    """``order`` with the block that would empty both of the two deepest :func:`stages` moved
+    last: removing blocks in the returned order empties those two stages only when every block
+    goes. With fewer than two stages the order is unchanged."""
+    groups = stages(blocks)
+    if len(groups) < 2:
         return list(order)
-    deep = set(sorted(stages, key=stages.__getitem__)[-2:])
-    last = [n for n in order if next(b for b in blocks if b.name == n).shape in deep][-1]
+    deep = {b.name for g in groups[-2:] for b in g}
+    last = [n for n in order if n in deep][-1]
     return [n for n in order if n != last] + [last]
 
 
