@@ -50,18 +50,26 @@ def display_path(path: str) -> str:
 
 def load(paths: list[str]) -> tuple[dict[int, Results], list[dict[str, Any]]]:
     """``seed -> job name -> result`` (failed and train-only jobs left out) and the provenance of
-    every file."""
+    every file. A report's own merged JSON may be given: its results and sources are read back,
+    so a new result is added to the committed ones without the files they came from."""
     by_seed: dict[int, Results] = {}
-    sources = []
+    sources: list[dict[str, Any]] = []
     for path in paths:
         data = json.loads(Path(path).read_text())
         shown = display_path(path)
-        results = by_seed.setdefault(int(data["seed"]), {})
-        for name, res in data["results"].items():
-            if "error" not in res and not res.get("trained_only"):
-                results[name] = res | {"source": shown}
-        keys = ("command", "started", "seed", "environment")
-        sources.append({"file": shown} | {k: data[k] for k in keys})
+        if "sources" in data:  # an earlier report's merged JSON: its results keep their source
+            sources += [s for s in data["sources"] if s not in sources]
+            runs = {int(data["seed"]): data["results"]}
+            runs |= {int(s): r for s, r in data.get("other_seed_results", {}).items()}
+        else:
+            keys = ("command", "started", "seed", "environment")
+            sources.append({"file": shown} | {k: data[k] for k in keys})
+            runs = {int(data["seed"]): data["results"]}
+        for seed, got in runs.items():
+            results = by_seed.setdefault(seed, {})
+            for name, res in got.items():
+                if "error" not in res and not res.get("trained_only"):
+                    results[name] = {"source": shown} | res
     return by_seed, sources
 
 

@@ -112,6 +112,15 @@ def test_report_seeds_headline_and_targets(tmp_path: Path) -> None:
     assert "**T1, " in md and ": met.**" in md and ": not met.**" in md
     assert out.with_suffix(".png").stat().st_size > 0
 
+    # the merged JSON read back alone gives the same report: new results add to committed ones
+    again, head_again = tmp_path / "again", tmp_path / "headline_again.json"
+    argv = [str(out.with_suffix(".json")), "--out", str(again), "--headline", str(head_again),
+            "--schedule", "2 ep"]  # fmt: skip
+    assert load_script().main(argv) == 0
+    assert json.loads(again.with_suffix(".json").read_text()) == merged
+    assert again.with_suffix(".md").read_text() == md
+    assert json.loads(head_again.read_text()) == head
+
 
 def test_target_1_keeps_to_the_macs_budget() -> None:
     """The headline rule picks the linear patch (higher validation accuracy, 53% of the MACs);
