@@ -137,8 +137,10 @@ def chosen_at(results: Results, names: list[str], k: int) -> Point | None:
 def deepest_within(results: Results, max_macs: float | None = None) -> Point | None:
     """The headline rule: among the collapses of every LaCoOT model (any order and repair) within
     ``MAX_DROP`` validation points of the vanilla full model (and, given ``max_macs``, at most
-    that fraction of its MACs), the deepest, the highest validation accuracy among those;
-    labelled with its configuration, order and repair. None if there is none."""
+    that fraction of its MACs), the deepest: the most blocks removed, then the fewest MACs (a
+    linear patch is a layer put back: at equal ``k`` an unpatched collapse within the band is
+    the shallower one), then the highest validation accuracy; labelled with its configuration,
+    order and repair. None if there is none."""
     full = full_point(results[VANILLA])
     best = None
     for name in lacoot_models(results):
@@ -146,8 +148,8 @@ def deepest_within(results: Results, max_macs: float | None = None) -> Point | N
             for p in pts:
                 ok = full["val_accuracy"] - p["val_accuracy"] <= MAX_DROP
                 ok = ok and (max_macs is None or p["macs"] <= max_macs * full["macs"])
-                key = (p["k"], p["val_accuracy"])
-                if ok and (best is None or key > (best["k"], best["val_accuracy"])):
+                key = (p["k"], -p["macs"], p["val_accuracy"])
+                if ok and (best is None or key > (best["k"], -best["macs"], best["val_accuracy"])):
                     best = p | {"config": results[name]["config"], "order": order,
                                 "repair": repair}  # fmt: skip
     return best

@@ -122,9 +122,11 @@ def test_report_seeds_headline_and_targets(tmp_path: Path) -> None:
     assert json.loads(head_again.read_text()) == head
 
 
-def test_target_1_keeps_to_the_macs_budget() -> None:
-    """The headline rule picks the linear patch (higher validation accuracy, 53% of the MACs);
-    with a 52.5% budget target 1 takes the BN-repaired collapse at 52% instead."""
+def test_headline_prefers_the_shallower_collapse_and_target_1_keeps_to_the_budget() -> None:
+    """At equal k the headline rule takes the BN-repaired collapse (52% of the MACs) over the
+    linear patch (53%, a layer put back) when both are within the band, whatever their
+    validation order; the patch only when it alone is. With a 52.5% budget target 1 then finds
+    the BN collapse, or nothing."""
     script = load_script()
     script.MACS_TARGET = 0.525
 
@@ -134,10 +136,17 @@ def test_target_1_keeps_to_the_macs_budget() -> None:
     results = {"main-vanilla": vanilla(94.0),
                "main-x": model("x", bn=acc(93.5), linear=acc(93.6), none=acc(93.0))}  # fmt: skip
     head = script.headline(results, "2 ep")
-    assert (head["best"]["repair"], head["best"]["macs_fraction"]) == ("linear", 0.53)
+    assert (head["best"]["repair"], head["best"]["macs_fraction"]) == ("bn", 0.52)
     t1 = script.target_1(results, head)
     assert (t1["chosen"]["repair"], t1["chosen"]["k"], t1["chosen"]["test"]) == ("bn", 4, 93.5)
     assert t1["verdict"] == "met"  # 93.5 >= 94.0 - 1
+
+    results["main-x"] = model("x", bn=acc(92.0), linear=acc(93.6), none=acc(91.0))
+    head = script.headline(results, "2 ep")  # BN 2 validation points below: out of the band
+    assert (head["best"]["repair"], head["best"]["k"], head["best"]["macs_fraction"]) == (
+        "linear", 4, 0.53)  # fmt: skip
+    t1 = script.target_1(results, head)
+    assert t1["chosen"] is None and t1["verdict"] == "not met"
 
 
 def test_screening_ranks_configurations_on_validation_at_select_k() -> None:
