@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     amp = device.type == "cuda"
     big = 8 if args.quick else 256
     bench = argparse.Namespace(batch_size=big, batches=2 if args.quick else 4, seed=args.seed,
+                               channels_last=False,
                                repeats=2 if args.quick else 20, warmup=1 if args.quick else 3,
                                latency_batch=big)  # fmt: skip
     started = time.perf_counter()

@@ -69,7 +69,7 @@ from torch import Tensor, nn
 import lacoot
 from lacoot import models as zoo
 from lacoot.profile import compare_latency
-from lacoot.regularizer import MSWRegularizer, block_io_hooks
+from lacoot.regularizer import MSWRegularizer, block_io_hooks, flat_pair
 
 TARGET_TRAIN = 1.03
 N_PROJ = 50
@@ -163,7 +163,8 @@ class HookedPenalty:
         values = []
         for name in self.names:
             x, y = captured[name]
-            values.append(self.distance(name, x.flatten(1).float(), y.flatten(1).float()))
+            X, Y = flat_pair(x, y)  # as lacoot flattens: a channels-last batch is not copied
+            values.append(self.distance(name, X.float(), Y.float()))
         return self.lam * torch.stack(values).mean()
 
     def close(self) -> None:
@@ -213,10 +214,13 @@ def bench_training(
 ) -> dict[str, Any]:
     kwargs, shape = MODELS[name]
     torch.manual_seed(args.seed)
-    base = zoo.create(name, num_classes=10, **kwargs).to(device)
+    layout = torch.channels_last if args.channels_last else None
+    base = zoo.create(name, num_classes=10, **kwargs).to(device, memory_format=layout)
     blocks = lacoot.find_blocks(base, torch.zeros(2, *shape, device=device))
     names = [b.name for b in blocks]
     data = _input_batches(shape, args.batch_size, args.batches, args.seed + 1, device)
+    if layout is not None:  # lacoot.train's default layout (TrainConfig.channels_last)
+        data = [(x.contiguous(memory_format=layout), y) for x, y in data]
 
     makers: dict[str, Callable[[nn.Module], Any]] = {
         "no penalty": lambda m: None,
@@ -298,6 +302,7 @@ def bench_training(
         "batch_size": args.batch_size,
         "blocks": names,
         "amp_bf16": amp,
+        "channels_last": layout is not None,
         "device": str(device),
         "rows": rows,
     }
@@ -386,7 +391,8 @@ def _training_md(sec: dict[str, Any]) -> list[str]:
     shape = "x".join(str(s) for s in sec["input_shape"])
     lines = [
         f"### {sec['model']} ({shape}, batch {sec['batch_size']}, {len(sec['blocks'])} blocks; "
-        f"device `{sec['device']}`{', bf16 autocast' if sec['amp_bf16'] else ''}; "
+        f"device `{sec['device']}`{', bf16 autocast' if sec['amp_bf16'] else ''}"
+        f"{', channels-last' if sec.get('channels_last') else ''}; "
         f"load average at start {sec['loadavg_start']})",
         "",
         "| variant | step ms, median [IQR] | ratio of medians | per-round ratio, median [IQR] "
@@ -574,6 +580,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
     parser.add_argument("--skip-latency", action="store_true", help="section 1 only")
+    parser.add_argument(
+        "--channels-last", action="store_true",
+        help="section 1 in channels-last layout (model and batches), lacoot train's default",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 1 or args.batch_size < 2 or args.batches < 1:
         parser.error("need --repeats >= 1, --warmup >= 1, --batch-size >= 2, --batches >= 1")
@@ -596,6 +606,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "latency_batch": args.latency_batch,
         "batches": args.batches,
+        "channels_last": args.channels_last,
         "data": "synthetic: torch.randn images, uniform random labels",
         "torch": torch.__version__,
         "pot": ot.__version__,

@@ -32,6 +32,20 @@ def cosine_distance(X: Tensor, Y: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(X, Y, dim=1, eps=1e-12).mean()
 
 
+def flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``x, y: (B, ...)`` as ``(B, d)`` matrices whose columns list the same coordinates in the
+    same order: ``x``'s memory order, so a channels-last ``x`` is viewed, not copied (``flatten``
+    would copy it, and its gradient back, on every step). The distances of this module are
+    invariant to one permutation of the coordinates of both (an orthogonal map); random
+    directions are isotropic, so they see the same distribution of values. Tensors of other
+    shapes, or already in logical order, are flattened as they are."""
+    if x.dim() <= 2 or x.shape != y.shape or x.is_contiguous():
+        return x.flatten(1), y.flatten(1)
+    dims = sorted(range(1, x.dim()), key=x.stride, reverse=True)
+    order = (0, *dims)
+    return x.permute(order).flatten(1), y.permute(order).flatten(1)
+
+
 def check_distance(distance: str, relative: bool) -> None:
     """Raise ValueError for an unknown ``distance`` or for ``relative`` with a distance other
     than ``msw`` (the relative penalty divides an MSW)."""
@@ -242,7 +256,7 @@ class MSWRegularizer:
 
     def distance(self, name: str, x: Tensor, y: Tensor) -> Tensor:
         """``MSW(x, y)`` of one block with samples flattened: ``x, y: (B, ...)`` -> scalar."""
-        X, Y = x.flatten(1), y.flatten(1)
+        X, Y = flat_pair(x, y)
         if self.kind == "cosine":
             return cosine_distance(X, Y)
         seed = None if self.seed is None else self.seed + self.steps
@@ -317,14 +331,16 @@ class MSWRegularizer:
                 raise RuntimeError(f"block {name!r} was not run in the last forward pass")
             x, y = captured[name]
             if self.gather:  # one collective per block: (B, 2, d) -> (sum_r B_r, 2, d)
-                both = gather_batch(torch.stack([x.flatten(1), y.flatten(1)], dim=1))
+                both = gather_batch(torch.stack(flat_pair(x, y), dim=1))
                 x, y = both[:, 0], both[:, 1]
             if x.shape[0] < 2:
                 continue
             with torch.autocast(x.device.type, enabled=False):  # distances in float32
                 value = self.distance(name, _at_least_float32(x), _at_least_float32(y))
                 if self.relative:
-                    spread, v = power_spread(x.flatten(1), self.directions.get(name + SPREAD_KEY))
+                    spread, v = power_spread(
+                        flat_pair(x, y)[0], self.directions.get(name + SPREAD_KEY)
+                    )
                     self.directions[name + SPREAD_KEY] = v
                     value = value / spread.clamp_min(torch.finfo(spread.dtype).tiny)
             self.last[name] = value.detach()
@@ -345,7 +361,7 @@ class MSWRegularizer:
         block that saw no sample anywhere keeps its weight."""
         sums = torch.zeros(2, len(self.names), device=next(iter(captured.values()))[0].device)
         for i, name in enumerate(self.names):
-            x, y = (t.flatten(1).float() for t in captured[name])
+            x, y = (t.float() for t in flat_pair(*captured[name]))
             if x.shape[0]:
                 sums[0, i] = x.shape[0] * cosine_distance(x, y)
                 sums[1, i] = x.shape[0]
