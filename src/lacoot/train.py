@@ -255,10 +255,12 @@ def choose_targets(
         full = count_macs(model, example)
     finally:
         set_rng_state(rng)
-    keep = cfg.target_keep_deep
-    if cfg.target_blocks is not None:
-        return choose_blocks(blocks, scores, full, n_blocks=cfg.target_blocks, keep_deep=keep)
-    return choose_blocks(blocks, scores, full, max_macs=cfg.target_macs, keep_deep=keep)
+    budget = (
+        {"n_blocks": cfg.target_blocks}
+        if cfg.target_blocks is not None
+        else {"max_macs": cfg.target_macs}
+    )
+    return choose_blocks(blocks, scores, full, keep_deep=cfg.target_keep_deep, **budget)
 
 
 # ------------------------------------------------------------------------------------- the loop
