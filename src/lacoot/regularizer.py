@@ -16,13 +16,13 @@ from torch import Tensor, nn
 
 from . import distributed as dist_
 from .blocks import Block, flow_tensor, replace_arg, tensor_version
+from .config import MAX_WEIGHT
 from .distributed import gather_batch
 from .ot import Method, max_sliced_wasserstein, random_projections
 
 __all__ = ["MSWRegularizer", "block_io_hooks", "power_spread"]
 
 DISTANCES = ("msw", "cosine")  # the block distances a penalty can use
-MAX_WEIGHT = 64.0  # the largest per-block weight ``escalate`` gives, unless told otherwise
 SPREAD_KEY = "/spread"  # suffix of the carried principal directions in ``directions``
 
 
