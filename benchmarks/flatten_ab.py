@@ -32,10 +32,12 @@ import lacoot
 import lacoot.regularizer as reg_module
 from lacoot import models as zoo
 
-Flatten = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-FLATTEN: dict[str, Flatten] = {
-    "view (flat_pair)": reg_module.flat_pair,
-    "copy (flatten)": lambda x, y: (x.flatten(1), y.flatten(1)),
+LayoutOf = Callable[[Tensor, Tensor], "reg_module.Layout | None"]
+# how the regulariser reads a block's layout: as it does (features viewed in memory order, the
+# directions moved into it), or never (every batch flattened in logical order: copied)
+FLATTEN: dict[str, LayoutOf] = {
+    "view (flat_pair)": reg_module.Layout.of,
+    "copy (flatten)": lambda x, y: None,
 }
 
 
@@ -58,8 +60,8 @@ def variants(base: torch.nn.Module, blocks: list) -> dict[str, dict[str, Any]]:
 
 
 def step(v: dict[str, Any], x: Tensor, y: Tensor) -> None:
-    if v["flatten"] is not None:  # the regulariser looks flat_pair up at call time
-        reg_module.flat_pair = v["flatten"]
+    if v["flatten"] is not None:
+        reg_module.Layout.of = staticmethod(v["flatten"])  # type: ignore[method-assign]
     loss = F.cross_entropy(v["model"](x), y)
     if v["reg"] is not None:
         loss = loss + v["reg"].penalty()
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if rnd >= args.warmup:
                     times[name].append((time.perf_counter() - t0) * 1e3)
     finally:
-        reg_module.flat_pair = FLATTEN["view (flat_pair)"]
+        reg_module.Layout.of = staticmethod(FLATTEN["view (flat_pair)"])  # type: ignore
     rows = [{"variant": k, **speed.summary(v)} for k, v in times.items()]
     for row in rows[1:]:
         row.update(speed.ratio_stats(times[row["variant"]], times["no penalty"]))

@@ -104,3 +104,13 @@ def test_the_default_budget_yields_to_named_or_counted_blocks() -> None:
     assert TrainConfig(penalize=("layer1.*",)).target_macs is None
     assert TrainConfig(target_blocks=2).target_macs is None
     assert not TrainConfig(target_macs=1.0).targeted
+
+
+def test_escalate_help_states_the_weight_cap() -> None:
+    from dataclasses import fields
+
+    from lacoot.config import TrainConfig, option_spec
+    from lacoot.regularizer import MAX_WEIGHT
+
+    (escalate,) = [f for f in fields(TrainConfig) if f.name == "escalate"]
+    assert f"at most {MAX_WEIGHT:g} (regularizer.MAX_WEIGHT)" in option_spec(escalate).help

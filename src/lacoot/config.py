@@ -26,12 +26,10 @@ __all__ = [
     "RunConfig",
     "DEFAULT_MAX_DROP",
     "DEFAULT_TARGET_MACS",
-    "MAX_WEIGHT",
 ]
 
 DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
 DEFAULT_TARGET_MACS = 0.55  # penalise the blocks whose removal brings the MACs to 55%
-MAX_WEIGHT = 64.0  # the largest per-block weight ``escalate`` gives, unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -295,8 +293,8 @@ class TrainConfig(Options):
         None, "treat the penalised blocks (a budget's targets or --penalize) as constraints: each "
         "block's own weight doubles every epoch while its influence (1 - mean cosine of its "
         "output and input) is above this value, and falls back towards 1 once below; at most "
-        f"{MAX_WEIGHT:g} and at most the peak learning rate over the current one (no escalation "
-        "under a constant schedule)",
+        "64 (regularizer.MAX_WEIGHT) and at most the peak learning rate over the current one (no "
+        "escalation under a constant schedule)",
         check=lambda v: v >= 0 and math.isfinite(v), expect="an influence >= 0, such as 0.001",
     )  # fmt: skip
     target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "

@@ -7,7 +7,9 @@ Max-Sliced Wasserstein distance, scaled by ``lam``, with gradients flowing into 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,13 +18,13 @@ from torch import Tensor, nn
 
 from . import distributed as dist_
 from .blocks import Block, flow_tensor, replace_arg, tensor_version
-from .config import MAX_WEIGHT
 from .distributed import gather_batch
 from .ot import Method, max_sliced_wasserstein, random_projections
 
 __all__ = ["MSWRegularizer", "block_io_hooks", "power_spread"]
 
 DISTANCES = ("msw", "cosine")  # the block distances a penalty can use
+MAX_WEIGHT = 64.0  # the largest weight ``escalate`` gives (TrainConfig's help says it: tested)
 SPREAD_KEY = "/spread"  # suffix of the carried principal directions in ``directions``
 
 
@@ -32,18 +34,58 @@ def cosine_distance(X: Tensor, Y: Tensor) -> Tensor:
     return 1.0 - F.cosine_similarity(X, Y, dim=1, eps=1e-12).mean()
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a block's features lie in memory: ``shape``, the shape of one sample, and
+    ``order``, its dimensions (1-based, as in the batch) from the outermost in memory to the
+    innermost, e.g. ``(2, 3, 1)`` for a channels-last ``(B, C, H, W)`` batch.
+
+    :func:`flat_pair` lists the coordinates in this order (a view, no copy); directions drawn or
+    carried in the logical order of ``flatten(1)`` are moved into it by :meth:`to_memory` and
+    back by :meth:`to_logical`, so a penalty computes the same numbers in either layout."""
+
+    shape: tuple[int, ...]
+    order: tuple[int, ...]
+
+    @staticmethod
+    def of(x: Tensor, y: Tensor) -> Layout | None:
+        """The layout of ``x`` (``y`` of the same shape follows it), or None where
+        ``flatten(1)`` already costs nothing or cannot be avoided (2-D, contiguous, shapes
+        differ, or memory order equal to logical order)."""
+        if x.dim() <= 2 or x.shape != y.shape or x.is_contiguous():
+            return None
+        order = tuple(sorted(range(1, x.dim()), key=x.stride, reverse=True))
+        return None if order == tuple(range(1, x.dim())) else Layout(tuple(x.shape[1:]), order)
+
+    def flatten(self, t: Tensor) -> Tensor:
+        """``t: (B, *shape)`` as ``(B, d)`` in memory order."""
+        return t.permute(0, *self.order).flatten(1)
+
+    def to_memory(self, theta: Tensor) -> Tensor:
+        """Directions ``(d,)`` or ``(d, L)`` in logical order, rows reordered to memory order."""
+        k, extra = len(self.shape), theta.shape[1:]
+        rows = theta.reshape(*self.shape, *extra)
+        return rows.permute(*[o - 1 for o in self.order], *range(k, theta.dim() - 1 + k)).reshape(
+            theta.shape
+        )
+
+    def to_logical(self, theta: Tensor) -> Tensor:
+        """The inverse of :meth:`to_memory`."""
+        k, extra = len(self.shape), theta.shape[1:]
+        rows = theta.reshape(*(self.shape[o - 1] for o in self.order), *extra)
+        inverse = [self.order.index(i + 1) for i in range(k)]
+        return rows.permute(*inverse, *range(k, theta.dim() - 1 + k)).reshape(theta.shape)
+
+
 def flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """``x, y: (B, ...)`` as ``(B, d)`` matrices whose columns list the same coordinates in the
-    same order: ``x``'s memory order, so a channels-last ``x`` is viewed, not copied (``flatten``
-    would copy it, and its gradient back, on every step). The distances of this module are
-    invariant to one permutation of the coordinates of both (an orthogonal map); random
-    directions are isotropic, so they see the same distribution of values. Tensors of other
+    same order: ``x``'s memory order (:class:`Layout`), so a channels-last ``x`` is viewed, not
+    copied (``flatten`` would copy it, and its gradient back, on every step). Tensors of other
     shapes, or already in logical order, are flattened as they are."""
-    if x.dim() <= 2 or x.shape != y.shape or x.is_contiguous():
+    layout = Layout.of(x, y)
+    if layout is None:
         return x.flatten(1), y.flatten(1)
-    dims = sorted(range(1, x.dim()), key=x.stride, reverse=True)
-    order = (0, *dims)
-    return x.permute(order).flatten(1), y.permute(order).flatten(1)
+    return layout.flatten(x), layout.flatten(y)
 
 
 def check_distance(distance: str, relative: bool) -> None:
@@ -78,6 +120,18 @@ def power_spread(X: Tensor, init: Tensor | None = None, n_iters: int = 2) -> tup
         v = Xc.T @ (Xc @ v)
         v = v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
     return (Xc @ v).norm() / Xc.shape[0] ** 0.5, v
+
+
+def _in_memory_order(theta: Tensor | None, layout: Layout | None) -> Tensor | None:
+    """Directions ``(d,)`` or ``(d, L)`` in logical order moved into ``layout``'s order (when
+    both are given and ``d`` is the layout's width)."""
+    if theta is None or layout is None or theta.shape[0] != math.prod(layout.shape):
+        return theta
+    return layout.to_memory(theta)
+
+
+def _in_logical_order(theta: Tensor, layout: Layout | None) -> Tensor:
+    return theta if layout is None else layout.to_logical(theta)
 
 
 def _at_least_float32(t: Tensor) -> Tensor:
@@ -254,15 +308,20 @@ class MSWRegularizer:
     def _capture(self, name: str, x: Tensor, y: Tensor) -> None:
         self._captured[name] = (x, y)
 
-    def distance(self, name: str, x: Tensor, y: Tensor) -> Tensor:
-        """``MSW(x, y)`` of one block with samples flattened: ``x, y: (B, ...)`` -> scalar."""
+    def distance(self, name: str, x: Tensor, y: Tensor, layout: Layout | None = None) -> Tensor:
+        """``MSW(x, y)`` of one block with samples flattened: ``x, y: (B, ...)`` -> scalar.
+
+        ``layout`` says how already flattened ``(B, d)`` features are ordered (default: read
+        from ``x``). Random directions and the carried ascent direction are kept in logical
+        order and moved into the features' order, so the value does not depend on the layout."""
+        layout = layout or Layout.of(x, y)
         X, Y = flat_pair(x, y)
         if self.kind == "cosine":
             return cosine_distance(X, Y)
         seed = None if self.seed is None else self.seed + self.steps
         if self.method == "random":
             return max_sliced_wasserstein(
-                X, Y, p=self.p, projections=self._projections(X, seed),
+                X, Y, p=self.p, projections=self._projections(X, seed, layout),
                 n_projections=self.n_projections, seed=seed, validate=False,
             )  # fmt: skip
         init = self.directions.get(name)
@@ -279,36 +338,43 @@ class MSWRegularizer:
                 "n_ascend": 4,
             }
         )
+        starts = None  # random starts drawn in logical order, as for contiguous features
+        if search["n_starts"] and seed is not None:
+            starts = random_projections(X.shape[1], search["n_starts"], seed, X.device, X.dtype)
+            starts, search["n_starts"] = _in_memory_order(starts, layout), 0
         value, direction = max_sliced_wasserstein(
             X,
             Y,
             p=self.p,
+            projections=starts,
             seed=seed,
             method="ascent",
-            init=init,
+            init=None if init is None else _in_memory_order(init, layout),
             return_direction=True,
             validate=False,
             **search,
         )
-        self.directions[name] = direction
+        self.directions[name] = direction if layout is None else layout.to_logical(direction)
         return value
 
-    def _projections(self, X: Tensor, seed: int | None) -> Tensor | None:
+    def _projections(self, X: Tensor, seed: int | None, layout: Layout | None) -> Tensor | None:
         """The seeded random directions ``(d, n_projections)`` of this step for features of
-        ``X``'s width: drawn once per width, device and dtype and shared by the blocks of that
-        width (the seed is the same for every block of a step, so they are the very directions
-        each block would draw). None without a seed: each block draws its own."""
+        ``X``'s width, in ``layout``'s order: drawn once per width, device and dtype and shared by
+        the blocks of that width (the seed is the same for every block of a step, so they are the
+        very directions each block would draw). None without a seed: each block draws its own."""
         if seed is None:
             return None
-        key = (X.shape[1], X.device, X.dtype)
         if self._drawn[0] != self.steps:
             self._drawn = (self.steps, {})
         cache = self._drawn[1]
+        key = (X.shape[1], X.device, X.dtype)
         if key not in cache:
             cache[key] = random_projections(
                 X.shape[1], self.n_projections, seed, device=X.device, dtype=X.dtype
             )
-        return cache[key]
+        if layout is not None and (key, layout) not in cache:
+            cache[(key, layout)] = layout.to_memory(cache[key])
+        return cache[key] if layout is None else cache[(key, layout)]
 
     def penalty(self) -> Tensor:
         """``lam * mean_b MSW(X_b, Y_b)`` for the last forward pass: a scalar with gradients.
@@ -330,18 +396,20 @@ class MSWRegularizer:
             if name not in captured:
                 raise RuntimeError(f"block {name!r} was not run in the last forward pass")
             x, y = captured[name]
+            layout = Layout.of(x, y)
+            x, y = flat_pair(x, y)
             if self.gather:  # one collective per block: (B, 2, d) -> (sum_r B_r, 2, d)
-                both = gather_batch(torch.stack(flat_pair(x, y), dim=1))
+                both = gather_batch(torch.stack([x, y], dim=1))
                 x, y = both[:, 0], both[:, 1]
             if x.shape[0] < 2:
                 continue
             with torch.autocast(x.device.type, enabled=False):  # distances in float32
-                value = self.distance(name, _at_least_float32(x), _at_least_float32(y))
+                x, y = _at_least_float32(x), _at_least_float32(y)
+                value = self.distance(name, x, y, layout)
                 if self.relative:
-                    spread, v = power_spread(
-                        flat_pair(x, y)[0], self.directions.get(name + SPREAD_KEY)
-                    )
-                    self.directions[name + SPREAD_KEY] = v
+                    init = self.directions.get(name + SPREAD_KEY)
+                    spread, v = power_spread(x, _in_memory_order(init, layout))
+                    self.directions[name + SPREAD_KEY] = _in_logical_order(v, layout)
                     value = value / spread.clamp_min(torch.finfo(spread.dtype).tiny)
             self.last[name] = value.detach()
             values.append(value * min(self.weights.get(name, 1.0), self.max_weight))
