@@ -57,14 +57,13 @@ def load(paths: list[str]) -> tuple[dict[int, Results], list[dict[str, Any]]]:
     for path in paths:
         data = json.loads(Path(path).read_text())
         shown = display_path(path)
+        runs = {int(data["seed"]): data["results"]}
         if "sources" in data:  # an earlier report's merged JSON: its results keep their source
             sources += [s for s in data["sources"] if s not in sources]
-            runs = {int(data["seed"]): data["results"]}
             runs |= {int(s): r for s, r in data.get("other_seed_results", {}).items()}
         else:
             keys = ("command", "started", "seed", "environment")
             sources.append({"file": shown} | {k: data[k] for k in keys})
-            runs = {int(data["seed"]): data["results"]}
         for seed, got in runs.items():
             results = by_seed.setdefault(seed, {})
             for name, res in got.items():
@@ -142,14 +141,17 @@ def deepest_within(results: Results, max_macs: float | None = None) -> Point | N
     the shallower one), then the highest validation accuracy; labelled with its configuration,
     order and repair. None if there is none."""
     full = full_point(results[VANILLA])
+
+    def rank(p: Point) -> tuple[int, float, float]:
+        return p["k"], -p["macs"], p["val_accuracy"]
+
     best = None
     for name in lacoot_models(results):
         for (order, repair), pts in curves(results[name]).items():
             for p in pts:
                 ok = full["val_accuracy"] - p["val_accuracy"] <= MAX_DROP
                 ok = ok and (max_macs is None or p["macs"] <= max_macs * full["macs"])
-                key = (p["k"], -p["macs"], p["val_accuracy"])
-                if ok and (best is None or key > (best["k"], -best["macs"], best["val_accuracy"])):
+                if ok and (best is None or rank(p) > rank(best)):
                     best = p | {"config": results[name]["config"], "order": order,
                                 "repair": repair}  # fmt: skip
     return best

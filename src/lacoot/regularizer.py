@@ -63,18 +63,26 @@ class Layout:
 
     def to_memory(self, theta: Tensor) -> Tensor:
         """Directions ``(d,)`` or ``(d, L)`` in logical order, rows reordered to memory order."""
-        k, extra = len(self.shape), theta.shape[1:]
-        rows = theta.reshape(*self.shape, *extra)
-        return rows.permute(*[o - 1 for o in self.order], *range(k, theta.dim() - 1 + k)).reshape(
+        k = len(self.shape)
+        rows = theta.reshape(*self.shape, *theta.shape[1:])
+        return rows.permute(*[o - 1 for o in self.order], *range(k, rows.dim())).reshape(
             theta.shape
         )
 
     def to_logical(self, theta: Tensor) -> Tensor:
-        """The inverse of :meth:`to_memory`."""
-        k, extra = len(self.shape), theta.shape[1:]
-        rows = theta.reshape(*(self.shape[o - 1] for o in self.order), *extra)
-        inverse = [self.order.index(i + 1) for i in range(k)]
-        return rows.permute(*inverse, *range(k, theta.dim() - 1 + k)).reshape(theta.shape)
+        """The inverse of :meth:`to_memory`: the same reordering from the memory side (the
+        sample shape as laid out in memory, the inverse permutation)."""
+        in_memory = tuple(self.shape[o - 1] for o in self.order)
+        inverse = tuple(self.order.index(i) + 1 for i in range(1, len(self.shape) + 1))
+        return Layout(in_memory, inverse).to_memory(theta)
+
+
+def flat_layout(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Layout | None]:
+    """:func:`flat_pair` and the :class:`Layout` it followed (None: logical order)."""
+    layout = Layout.of(x, y)
+    if layout is None:
+        return x.flatten(1), y.flatten(1), None
+    return layout.flatten(x), layout.flatten(y), layout
 
 
 def flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,10 +90,8 @@ def flat_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     same order: ``x``'s memory order (:class:`Layout`), so a channels-last ``x`` is viewed, not
     copied (``flatten`` would copy it, and its gradient back, on every step). Tensors of other
     shapes, or already in logical order, are flattened as they are."""
-    layout = Layout.of(x, y)
-    if layout is None:
-        return x.flatten(1), y.flatten(1)
-    return layout.flatten(x), layout.flatten(y)
+    X, Y, _ = flat_layout(x, y)
+    return X, Y
 
 
 def check_distance(distance: str, relative: bool) -> None:
@@ -314,8 +320,10 @@ class MSWRegularizer:
         ``layout`` says how already flattened ``(B, d)`` features are ordered (default: read
         from ``x``). Random directions and the carried ascent direction are kept in logical
         order and moved into the features' order, so the value does not depend on the layout."""
-        layout = layout or Layout.of(x, y)
-        X, Y = flat_pair(x, y)
+        if layout is None:
+            X, Y, layout = flat_layout(x, y)
+        else:
+            X, Y = x.flatten(1), y.flatten(1)
         if self.kind == "cosine":
             return cosine_distance(X, Y)
         seed = None if self.seed is None else self.seed + self.steps
@@ -396,8 +404,7 @@ class MSWRegularizer:
             if name not in captured:
                 raise RuntimeError(f"block {name!r} was not run in the last forward pass")
             x, y = captured[name]
-            layout = Layout.of(x, y)
-            x, y = flat_pair(x, y)
+            x, y, layout = flat_layout(x, y)
             if self.gather:  # one collective per block: (B, 2, d) -> (sum_r B_r, 2, d)
                 both = gather_batch(torch.stack([x, y], dim=1))
                 x, y = both[:, 0], both[:, 1]
