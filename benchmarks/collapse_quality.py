@@ -74,6 +74,7 @@ SCREEN_LAMS = {
 SCRATCH_K = (2, 4, 6)
 SELECT_K = 4  # screening configurations are ranked by their best validation accuracy at this k
 ESCALATE = 5e-4  # influence below which a target counts as removed (``escalate`` jobs)
+FADE = 0.4  # the share of the training at its end over which ``fade`` jobs fade their targets
 
 
 @dataclass
@@ -164,6 +165,13 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             "lam": 3.0, "escalate": ESCALATE, "target_keep_deep": True},
             config="budget6-rnd3-esc-deep")
     )  # fmt: skip
+    for k, lam, deep in ((6, 3.0, True), (4, 1.0, False)):  # the targets faded out at the end
+        extra = {"target_keep_deep": True} if deep else {}
+        config = f"budget{k}-rnd{lam:g}-esc{'-deep' if deep else ''}-fade"
+        jobs.append(
+            Job(f"main-{config}", "main", epochs, budget4 | {"target_blocks": k, "lam": lam,
+                "escalate": ESCALATE, "fade": FADE} | extra, config=config)
+        )  # fmt: skip
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "distance": "cosine"}, config="budget6-cos3")

@@ -297,6 +297,13 @@ class TrainConfig(Options):
         "escalation under a constant schedule)",
         check=lambda v: v >= 0 and math.isfinite(v), expect="an influence >= 0, such as 0.001",
     )  # fmt: skip
+    fade: float = option(
+        0.0, "fade the blocks meant to go (a budget's targets or --penalize) out over this "
+        "fraction of the training at its end: each one's output is blended towards its input, "
+        "the blend rising linearly over the first half of that span and held at the identity "
+        "for the second half, so the training ends without them (0: no fade)",
+        check=lambda v: 0 <= v < 1, expect="a fraction in [0, 1), such as 0.4",
+    )  # fmt: skip
     target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "
                                    "are chosen", choices=_criteria, label="criterion")  # fmt: skip
     target_keep_deep: bool = option(
@@ -324,6 +331,11 @@ class TrainConfig(Options):
             raise ValueError(
                 f"escalate={self.escalate!r} pulls harder on the blocks meant to go, but every "
                 "block is penalised; expected a budget (target_blocks/target_macs) or penalize"
+            )
+        if self.fade and not (self.targeted or self.penalize):
+            raise ValueError(
+                f"fade={self.fade!r} fades out the blocks meant to go, but no block is meant to "
+                "go; expected a budget (target_blocks/target_macs) or penalize"
             )
         if self.targeted and self.penalize:  # penalize with target_macs=1 is fine
             raise ValueError(

@@ -148,7 +148,8 @@ def _at_least_float32(t: Tensor) -> Tensor:
 def block_io_hooks(
     model: nn.Module, blocks: Iterable[Block | str], callback: Any
 ) -> list[torch.utils.hooks.RemovableHandle]:
-    """Install hooks calling ``callback(name, block_input, block_output)`` after each block runs.
+    """Install hooks calling ``callback(name, block_input, block_output)`` after each block runs;
+    a tensor the callback returns replaces the block's output (None: the output is kept).
 
     ``block_input`` is the tensor flowing through the block (its first tensor argument, or the one
     its module names in ``lacoot_flow``; masks and other arguments are not passed on); both keep
@@ -175,7 +176,7 @@ def block_io_hooks(
             return None
 
         def post(m: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name,
-                 seen: dict = seen) -> None:  # fmt: skip
+                 seen: dict = seen) -> Any:  # fmt: skip
             x = seen.pop("x")
             if not isinstance(output, Tensor):
                 raise TypeError(f"block {name!r} returned {type(output).__name__}; a block "
@@ -186,7 +187,7 @@ def block_io_hooks(
                     "lost; pass the Block found by lacoot.find_blocks (it records this and the "
                     "input is copied first), or compute out of place (x = x + ...)"
                 )
-            callback(name, x, output)
+            return callback(name, x, output)
 
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post, with_kwargs=True))

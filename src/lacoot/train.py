@@ -40,6 +40,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .device import resolve_device
+from .fade import Fade
 from .inputs import call_model, channels_last, first_samples, to_device
 from .metrics import logits_of
 from .regularizer import MAX_WEIGHT, MSWRegularizer
@@ -84,6 +85,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
     penalized: list[str] = field(default_factory=list)  # blocks regularised at the end
+    faded: list[str] = field(default_factory=list)  # blocks the training ended without (fade)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -281,6 +283,7 @@ class _Run:
     targets: list[str] | None = None  # the blocks a budget chose (cfg.targeted), once chosen
     history: list[dict[str, Any]] = field(default_factory=list)
     net: nn.Module | None = None  # the model, wrapped in DistributedDataParallel under torchrun
+    fade: Fade | None = None  # the blocks meant to go, fading out (cfg.fade), once due
 
     @property
     def main(self) -> bool:
@@ -416,6 +419,33 @@ def lam_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lam if step + 1 >= warm else cfg.lam * (step + 1) / warm
 
 
+def fade_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The blend of the faded blocks at (0-based) optimiser step ``step``: 0 before the last
+    ``cfg.fade`` of the ``T`` steps, rising linearly to 1 over the first half of that span, 1
+    for its second half (a function of the step, as :func:`lam_at`)."""
+    total = cfg.epochs * steps_per_epoch
+    ramp = cfg.fade * total / 2
+    if ramp <= 0:
+        return 0.0
+    return min(1.0, max(0.0, (step + 1 - (total - 2 * ramp)) / ramp))
+
+
+def _fade_when_due(run: _Run, step: int) -> None:
+    """Blend the blocks meant to go towards the identity as :func:`fade_at` says; the hooks are
+    attached at the first step with a blend above 0 (after the penalty's, which keeps seeing
+    the blocks' own outputs) once the blocks are known."""
+    alpha = fade_at(run.cfg, step, run.steps)
+    if run.fade is None:
+        names = run.targets if run.cfg.targeted else _penalized(run.blocks, run.cfg)
+        if alpha <= 0 or names is None:
+            return
+        by_name = {b.name: b for b in run.blocks}
+        run.fade = Fade(run.model, [by_name.get(n, n) for n in names])
+        if run.cfg.compile:  # new hooks: compile again
+            run.net = _parallel(run.model, run.dev, run.cfg)
+    run.fade.alpha = alpha
+
+
 def escalation_cap(cfg: TrainConfig, lr: float) -> float:
     """The largest weight ``cfg.escalate`` may give a block while the learning rate is ``lr``:
     ``cfg.lr / lr`` (every schedule peaks at ``cfg.lr``), between 1 and the regulariser's
@@ -434,6 +464,8 @@ def _step(
     x, y = to_device(x, run.dev, non_blocking=True), y.to(run.dev, non_blocking=True)
     if run.cfg.channels_last:
         x = channels_last(x)
+    if run.cfg.fade:
+        _fade_when_due(run, epoch * run.steps + k)
     skip = run.cfg.nonfinite == "skip"  # a skipped batch must not touch BN statistics
     kept = [b.detach().clone() for b in run.model.buffers()] if skip else []
     amp = run.cfg.amp and run.dev.type == "cuda"
@@ -543,6 +575,8 @@ def _end_epoch(
     row.update(EpochSums.distances(total))
     if run.reg is not None and run.reg.escalate is not None:
         row.update({f"weight/{n}": run.reg.weights.get(n, 1.0) for n in run.reg.names})
+    if run.fade is not None:
+        row["fade"] = run.fade.alpha
     run.history.append(row)
     if run.out is not None:
         run.save(epoch + 1, 0, None)
@@ -634,5 +668,8 @@ def train(
     finally:
         if run.reg is not None:
             run.reg.close()
+        if run.fade is not None:
+            run.fade.close()
         log.close()
-    return TrainResult(history=run.history, checkpoint=run.ckpt, penalized=run.names)
+    faded = run.fade.names if run.fade is not None and run.fade.alpha == 1.0 else []
+    return TrainResult(history=run.history, checkpoint=run.ckpt, penalized=run.names, faded=faded)
