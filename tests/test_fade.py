@@ -1,0 +1,98 @@
+"""Fading blocks out during training (lacoot.fade, TrainConfig.fade)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _faulty import CFG, tiny_loader, tiny_model
+from _nets import _data, residual_mlp
+
+import lacoot
+from lacoot.fade import Fade
+from lacoot.regularizer import MSWRegularizer
+from lacoot.train import TrainConfig, fade_at, load_checkpoint, train
+
+
+def _mlp() -> tuple[torch.nn.Module, list[lacoot.Block], torch.Tensor]:
+    torch.manual_seed(0)
+    model = residual_mlp(units=4)
+    x = torch.randn(8, 6)
+    return model, lacoot.find_blocks(model, x[:2]), x
+
+
+def test_fade_blends_each_output_towards_its_input() -> None:
+    model, blocks, x = _mlp()
+    with torch.no_grad():
+        h = model[0](x)
+        y = model[1](h)
+        with Fade(model, [blocks[0]], alpha=0.25):
+            blended = model[1](h)
+        assert torch.allclose(blended, y + 0.25 * (h - y), rtol=0, atol=1e-6)  # closed form
+        assert torch.equal(model[1](h), y)  # closed: the block's own output again
+        with Fade(model, [blocks[0]], alpha=0.0):
+            assert torch.equal(model[1](h), y)
+
+
+def test_a_fully_faded_model_is_the_collapsed_model() -> None:
+    model, blocks, x = _mlp()
+    names = [blocks[1].name, blocks[3].name]
+    with torch.no_grad(), Fade(model, names, alpha=1.0):
+        faded = model(x)
+    assert torch.equal(faded, lacoot.remove_blocks(model, names)(x))  # exact, not close
+
+
+def test_a_penalty_hooked_first_sees_the_blocks_own_outputs() -> None:
+    model, blocks, x = _mlp()
+    last = blocks[-1:]  # its input does not depend on its own fade
+    with torch.no_grad(), MSWRegularizer(model, last, distance="cosine") as reg:
+        model(x)
+        plain = float(reg.penalty())
+        with Fade(model, last, alpha=1.0):
+            model(x)
+            assert float(reg.penalty()) == pytest.approx(plain, rel=1e-6) and plain > 0
+
+
+def test_fade_rejects_bad_blends_and_no_blocks() -> None:
+    model, blocks, _ = _mlp()
+    with pytest.raises(ValueError, match=r"alpha=1.5; expected a blend in \[0, 1\]"):
+        Fade(model, blocks, alpha=1.5)
+    with pytest.raises(ValueError, match="no blocks given"):
+        Fade(model, [])
+
+
+def test_fade_schedule_rises_over_the_first_half_of_its_span_then_holds() -> None:
+    cfg = TrainConfig(epochs=5, fade=0.4, target_blocks=1)  # 20 steps: span 8, ramp 4
+    assert [fade_at(cfg, s, 4) for s in range(20)] == pytest.approx(
+        [0.0] * 12 + [0.25, 0.5, 0.75] + [1.0] * 5
+    )
+    assert all(fade_at(TrainConfig(), s, 4) == 0.0 for s in range(8))  # no fade by default
+    with pytest.raises(ValueError, match="fade=0.4 fades out the blocks meant to go"):
+        TrainConfig(fade=0.4, target_macs=1.0)
+    with pytest.raises(ValueError, match="fade=1"):
+        TrainConfig(fade=1, target_blocks=1)
+
+
+def test_a_faded_budget_run_ends_without_its_targets(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = residual_mlp(units=4)
+    loader = _data()
+    blocks = lacoot.find_blocks(model, loader[0][0][:2])
+    cfg = TrainConfig(epochs=4, lam=1.0, target_blocks=2, target_warmup=1, fade=0.5,
+                      schedule="constant", lr=0.01)  # fmt: skip
+    result = train(model, blocks, loader, loader[:2], cfg, out_dir=tmp_path, device="cpu",
+                   progress=False)  # fmt: skip
+    targets = load_checkpoint(tmp_path / "checkpoint.pt")["regularizer"]["targets"]
+    assert result.faded == targets == result.penalized
+    assert [row.get("fade") for row in result.history] == [None, None, 1.0, 1.0]
+    x = torch.cat([b[0] for b in loader[:2]])
+    with torch.no_grad():
+        collapsed = lacoot.remove_blocks(model, targets)
+        correct = sum(int((collapsed(b[0]).argmax(1) == b[1]).sum()) for b in loader[:2])
+    assert 100.0 * correct / len(x) == pytest.approx(result.history[-1]["val_accuracy"])
+
+
+def test_fade_on_named_blocks_without_a_penalty() -> None:
+    model, blocks = tiny_model()
+    cfg = TrainConfig(**{**CFG.to_dict(), "lam": 0.0, "penalize": ("layer1.*",), "fade": 0.5})
+    result = train(model, blocks, tiny_loader(), None, cfg, progress=False)
+    assert result.faded == ["layer1.0", "layer1.1", "layer1.2"] and result.penalized == []
