@@ -165,12 +165,15 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             "lam": 3.0, "escalate": ESCALATE, "target_keep_deep": True},
             config="budget6-rnd3-esc-deep")
     )  # fmt: skip
-    for k, lam, deep in ((6, 3.0, True), (4, 1.0, False)):  # the targets faded out at the end
+    faded = ((6, 3.0, ESCALATE, True, FADE), (4, 1.0, ESCALATE, False, FADE),
+             (6, 1.0, None, True, 0.6))  # fmt: skip
+    for k, lam, esc, deep, fade in faded:  # the targets faded out at the end of the training
+        config = (f"budget{k}-rnd{lam:g}{'-esc' if esc else ''}{'-deep' if deep else ''}-fade"
+                  f"{'' if fade == FADE else f'{fade:g}'}")  # fmt: skip
         extra = {"target_keep_deep": True} if deep else {}
-        config = f"budget{k}-rnd{lam:g}-esc{'-deep' if deep else ''}-fade"
         jobs.append(
             Job(f"main-{config}", "main", epochs, budget4 | {"target_blocks": k, "lam": lam,
-                "escalate": ESCALATE, "fade": FADE} | extra, config=config)
+                "escalate": esc, "fade": fade} | extra, config=config)
         )  # fmt: skip
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
