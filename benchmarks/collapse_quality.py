@@ -118,6 +118,9 @@ def screening_jobs(epochs: int) -> list[Job]:
                 Job(f"screen-{config}", "screen", epochs, screen_overrides(scale, which, lam),
                     config=config)
             )  # fmt: skip
+    faded = screen_overrides("raw", "tgt4", 1.0) | {"fade": 0.6}  # lacoot run's default, faded
+    jobs.append(Job("screen-raw-tgt4-1-fade0.6", "screen", epochs, faded,
+                    config="raw-tgt4-1-fade0.6"))  # fmt: skip
     return jobs
 
 
