@@ -634,6 +634,9 @@ def train(
     Returns
     -------
     TrainResult
+        With ``cfg.fade``, ``faded`` names the blocks the training ended without: the model
+        comes back with them switched on again (no hook is left), and
+        :func:`lacoot.remove_blocks` on them gives exactly the function trained last.
 
     Raises
     ------
