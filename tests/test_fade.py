@@ -65,7 +65,9 @@ def test_fade_schedule_rises_over_the_first_half_of_its_span_then_holds() -> Non
     assert [fade_at(cfg, s, 4) for s in range(20)] == pytest.approx(
         [0.0] * 12 + [0.25, 0.5, 0.75] + [1.0] * 5
     )
-    assert all(fade_at(TrainConfig(), s, 4) == 0.0 for s in range(8))  # no fade by default
+    assert all(fade_at(TrainConfig(fade=0.0), s, 4) == 0.0 for s in range(8))
+    # the default (a budget's targets faded over the last 60%) yields to a run without a budget
+    assert TrainConfig().fade == 0.6 and TrainConfig(target_macs=1.0).fade == 0.0
     with pytest.raises(ValueError, match="fade=0.4 fades out the blocks meant to go"):
         TrainConfig(fade=0.4, target_macs=1.0)
     with pytest.raises(ValueError, match="fade=1"):

@@ -25,11 +25,13 @@ __all__ = [
     "CollapseConfig",
     "RunConfig",
     "DEFAULT_MAX_DROP",
+    "DEFAULT_FADE",
     "DEFAULT_TARGET_MACS",
 ]
 
 DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
 DEFAULT_TARGET_MACS = 0.55  # penalise the blocks whose removal brings the MACs to 55%
+DEFAULT_FADE = 0.6  # fade the blocks meant to go out over the last 60% of the training
 
 
 @dataclass(frozen=True)
@@ -298,10 +300,11 @@ class TrainConfig(Options):
         check=lambda v: v >= 0 and math.isfinite(v), expect="an influence >= 0, such as 0.001",
     )  # fmt: skip
     fade: float = option(
-        0.0, "fade the blocks meant to go (a budget's targets or --penalize) out over this "
-        "fraction of the training at its end: each one's output is blended towards its input, "
-        "the blend rising linearly over the first half of that span and held at the identity "
-        "for the second half, so the training ends without them (0: no fade)",
+        DEFAULT_FADE, "fade the blocks meant to go (a budget's targets or --penalize) out over "
+        "this fraction of the training at its end: each one's output is blended towards its "
+        "input, the blend rising linearly over the first half of that span and held at the "
+        "identity for the second half, so the training ends without them (0: no fade; the "
+        "default yields to a run with no block meant to go)",
         check=lambda v: 0 <= v < 1, expect="a fraction in [0, 1), such as 0.4",
     )  # fmt: skip
     target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "
@@ -317,6 +320,8 @@ class TrainConfig(Options):
             self.target_macs == DEFAULT_TARGET_MACS
         ):  # the default budget yields to the blocks the user names or counts
             self.target_macs = None
+        if self.fade == DEFAULT_FADE and not (self.targeted or self.penalize):
+            self.fade = 0.0  # the default fade yields to a run with no block meant to go
 
     def _check(self) -> None:
         if self.target_blocks is not None and self.target_macs and self.target_macs < 1:
