@@ -320,7 +320,7 @@ class TrainConfig(Options):
             self.target_macs == DEFAULT_TARGET_MACS
         ):  # the default budget yields to the blocks the user names or counts
             self.target_macs = None
-        if self.fade == DEFAULT_FADE and not (self.targeted or self.penalize):
+        if self.fade == DEFAULT_FADE and not self.aimed:
             self.fade = 0.0  # the default fade yields to a run with no block meant to go
 
     def _check(self) -> None:
@@ -332,12 +332,12 @@ class TrainConfig(Options):
         from .regularizer import check_distance
 
         check_distance(self.distance, self.relative)
-        if self.escalate is not None and not (self.targeted or self.penalize):
+        if self.escalate is not None and not self.aimed:
             raise ValueError(
                 f"escalate={self.escalate!r} pulls harder on the blocks meant to go, but every "
                 "block is penalised; expected a budget (target_blocks/target_macs) or penalize"
             )
-        if self.fade and not (self.targeted or self.penalize):
+        if self.fade and not self.aimed:
             raise ValueError(
                 f"fade={self.fade!r} fades out the blocks meant to go, but no block is meant to "
                 "go; expected a budget (target_blocks/target_macs) or penalize"
@@ -348,6 +348,12 @@ class TrainConfig(Options):
                 "expected one of them"
             )
         super()._check()
+
+    @property
+    def aimed(self) -> bool:
+        """Whether some blocks are meant to go (a budget's targets or ``penalize``): what
+        ``escalate`` and ``fade`` act on."""
+        return self.targeted or bool(self.penalize)
 
     @property
     def targeted(self) -> bool:

@@ -201,6 +201,12 @@ def _penalized(blocks: Sequence[Block], cfg: TrainConfig) -> list[str]:
     return chosen
 
 
+def _named(blocks: Sequence[Block], names: Sequence[str]) -> list[Block | str]:
+    """The :class:`Block` of each name in ``blocks`` (the name itself where none is found)."""
+    by_name = {b.name: b for b in blocks}
+    return [by_name.get(n, n) for n in names]
+
+
 def _penalty_on(
     model: nn.Module,
     blocks: Sequence[Block],
@@ -218,10 +224,9 @@ def _penalty_on(
     names = list(targets) if targets is not None else _penalized(blocks, cfg)
     if not names or cfg.lam <= 0:
         return None
-    by_name = {b.name: b for b in blocks}
     return MSWRegularizer(
         model,
-        [by_name.get(n, n) for n in names],
+        _named(blocks, names),
         lam=cfg.lam,
         method=cfg.method,
         n_projections=cfg.n_projections,
@@ -436,11 +441,12 @@ def _fade_when_due(run: _Run, step: int) -> None:
     the blocks' own outputs) once the blocks are known."""
     alpha = fade_at(run.cfg, step, run.steps)
     if run.fade is None:
-        names = run.targets if run.cfg.targeted else _penalized(run.blocks, run.cfg)
-        if alpha <= 0 or names is None:
+        if alpha <= 0:
             return
-        by_name = {b.name: b for b in run.blocks}
-        run.fade = Fade(run.model, [by_name.get(n, n) for n in names])
+        names = run.targets if run.cfg.targeted else _penalized(run.blocks, run.cfg)
+        if names is None:
+            return
+        run.fade = Fade(run.model, _named(run.blocks, names))
         if run.cfg.compile:  # new hooks: compile again
             run.net = _parallel(run.model, run.dev, run.cfg)
     run.fade.alpha = alpha
