@@ -54,6 +54,7 @@ def test_best_within_budget() -> None:
     sweep = _fake_sweep([90.0, 89.8, 89.6, 88.0, 70.0], [100, 80, 60, 40, 20])
     assert sweep.best(max_drop=0.5).k == 2
     assert sweep.best(max_drop=0.0).k == 0
+    assert sweep.best(max_drop=0.5, reference=90.3).k == 1  # measured from 90.3, not 90.0
     assert sweep.best(max_macs=0.5).k == 3  # the most accurate point at <= 50 % MACs
     assert sweep.best(max_macs=0.8, max_drop=0.3).k == 1
     assert sweep.best(max_blocks=1).k == 1

@@ -8,7 +8,10 @@ from _faulty import CFG, tiny_loader, tiny_model
 from _nets import _data, residual_mlp
 
 import lacoot
+from lacoot.collapse import SweepPoint
 from lacoot.fade import Fade
+from lacoot.metrics import Memoized, top1_accuracy
+from lacoot.pipeline import _reference
 from lacoot.regularizer import MSWRegularizer
 from lacoot.train import TrainConfig, fade_at, load_checkpoint, train
 
@@ -83,14 +86,23 @@ def test_a_faded_budget_run_ends_without_its_targets(tmp_path) -> None:
                       schedule="constant", lr=0.01)  # fmt: skip
     result = train(model, blocks, loader, loader[:2], cfg, out_dir=tmp_path, device="cpu",
                    progress=False)  # fmt: skip
-    targets = load_checkpoint(tmp_path / "checkpoint.pt")["regularizer"]["targets"]
-    assert result.faded == targets == result.penalized
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    targets = state["regularizer"]["targets"]
+    assert result.faded == targets == result.penalized == state["faded"]
     assert [row.get("fade") for row in result.history] == [None, None, 1.0, 1.0]
     x = torch.cat([b[0] for b in loader[:2]])
     with torch.no_grad():
         collapsed = lacoot.remove_blocks(model, targets)
         correct = sum(int((collapsed(b[0]).argmax(1) == b[1]).sum()) for b in loader[:2])
     assert 100.0 * correct / len(x) == pytest.approx(result.history[-1]["val_accuracy"])
+    # a max_drop budget is measured from the better of the full depth and the model trained last
+    memo = Memoized(top1_accuracy)
+    for full, whose in ((0.0, "model without the faded blocks"), (100.0, "full model")):
+        point = SweepPoint(0, (), full, full, 0, 0)
+        ref = _reference(model, targets, loader[:2], point, memo)
+        assert ref["model"] == whose and ref["faded"] == targets
+        assert ref["faded_val_accuracy"] == pytest.approx(result.history[-1]["val_accuracy"])
+        assert ref["val_accuracy"] == max(full, ref["faded_val_accuracy"])
 
 
 def test_fade_on_named_blocks_without_a_penalty() -> None:

@@ -57,6 +57,18 @@ def test_render_markdown_states_the_choice_the_repair_and_every_order() -> None:
     assert "| b0 | 10.00 | 0.5 | 0.5 |" in text
 
 
+def test_faded_blocks_and_the_reference_of_the_budget_are_stated() -> None:
+    report = _report()
+    assert "faded out" not in render_markdown(report)
+    report["reference"] = {"model": "model without the faded blocks", "val_accuracy": 91.0,
+                           "faded": ["b1"], "faded_val_accuracy": 91.0}  # fmt: skip
+    assert (
+        "- faded out during training (the model trained last computes without them): b1; "
+        "validation accuracy without them 91.00%, with them switched back on 90.00%; max_drop is "
+        "measured from the model without the faded blocks (91.00%)" in render_markdown(report)
+    )
+
+
 def test_one_order_and_no_repair_render_without_the_comparison() -> None:
     report = _report(("cosine",))
     report["repair"] = {"method": "none", "calib_samples": 0}

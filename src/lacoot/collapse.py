@@ -149,18 +149,21 @@ class Sweep:
         max_drop: float | None = None,
         max_macs: float | None = None,
         max_blocks: int | None = None,
+        reference: float | None = None,
     ) -> SweepPoint:
         """Choose a collapse within a budget, judged on the validation accuracy.
 
         Parameters
         ----------
         max_drop : float, optional
-            Largest allowed drop of the validation metric from the full model, in its units
+            Largest allowed drop of the validation metric from ``reference``, in its units
             (percentage points for accuracies).
         max_macs : float, optional
             Largest allowed MACs as a fraction of the full model's, in ``(0, 1]``.
         max_blocks : int, optional
             Remove at most this many blocks.
+        reference : float, optional
+            The validation metric ``max_drop`` is measured from; the full model's when None.
 
         Returns
         -------
@@ -184,13 +187,14 @@ class Sweep:
         full = self.full
         if max_drop is not None and full.val_accuracy is None:
             raise ValueError("max_drop needs validation accuracies; the sweep has none")
+        ref = full.val_accuracy if reference is None else reference
         feasible = []
         for pt in self.points:
             if max_blocks is not None and pt.k > max_blocks:
                 continue
             if max_macs is not None and pt.macs > max_macs * full.macs:
                 continue
-            if max_drop is not None and full.val_accuracy - pt.val_accuracy > max_drop + 1e-9:
+            if max_drop is not None and ref - pt.val_accuracy > max_drop + 1e-9:
                 continue
             feasible.append(pt)
         if not feasible:

@@ -382,8 +382,10 @@ class CollapseConfig(Options):
     compare: tuple[str, ...] = option(("cosine",), "other block orders measured for comparison",
                                       choices=_criteria, label="criterion")  # fmt: skip
     max_drop: float | None = option(
-        None, "largest validation-accuracy drop allowed, in percentage points (run: "
-        f"{DEFAULT_MAX_DROP} when no other budget is given)", check=lambda v: v >= 0,
+        None, "largest validation-accuracy drop allowed, in percentage points, from the full "
+        "model or, when the training faded blocks out and that is better, from the model "
+        f"without them (run: {DEFAULT_MAX_DROP} when no other budget is given)",
+        check=lambda v: v >= 0,
         expect=">= 0 percentage points",
     )  # fmt: skip
     max_macs: float | None = option(None, "largest MACs allowed, as a fraction of the full "

@@ -23,7 +23,7 @@ from torch import nn
 
 from ._io import atomic_write_text
 from ._version import __version__
-from .blocks import Block, find_blocks
+from .blocks import Block, find_blocks, remove_blocks
 from .checkpoint import CheckpointError, load_checkpoint
 from .collapse import Sweep, SweepPoint, sweep
 from .config import CollapseConfig, RunConfig
@@ -287,14 +287,13 @@ def _refuse_earlier_report(out: Path, overwrite: bool) -> None:
 
 def _sweep_orders(
     model: nn.Module, found: list[Block], calib: Any, test: Any, example: torch.Tensor,
-    opts: CollapseConfig, seed: int, say: Any,
+    opts: CollapseConfig, seed: int, say: Any, memo: Memoized,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Sweep]]:  # fmt: skip
     """Scores and sweep of every order (``opts.criterion`` first, then ``opts.compare``). One
-    :class:`lacoot.metrics.Memoized` evaluation serves them all: a collapse that the ``greedy``
-    criterion judged, or that another order reaches too, is evaluated once."""
+    :class:`lacoot.metrics.Memoized` evaluation, ``memo``, serves them all: a collapse that the
+    ``greedy`` criterion judged, or that another order reaches too, is evaluated once."""
     sweeps: dict[str, Sweep] = {}
     scores: dict[str, dict[str, float]] = {}
-    memo = Memoized(top1_accuracy)
     for name in [opts.criterion, *[c for c in opts.compare if c != opts.criterion]]:
         say(f"scoring {len(found)} blocks by {name!r}")
         scores[name] = score_blocks(
@@ -312,6 +311,24 @@ def _sweep_orders(
         )  # fmt: skip
     say(f"{memo.hits} of {memo.calls} evaluations were of a collapse already measured")
     return scores, sweeps
+
+
+def _reference(
+    model: nn.Module, faded: Sequence[str], calib: Any, full: SweepPoint, memo: Memoized
+) -> dict[str, Any]:
+    """The validation accuracy a ``max_drop`` budget is measured from, and whose it is.
+
+    The full model's, unless the training faded blocks out (``faded``, recorded in the
+    checkpoint): then the function it trained last is the model without them, and the full
+    depth (the faded blocks switched back on) may be worse than it; the better of the two is
+    the reference, so that the budget is never looser than the user reads it."""
+    ref = {"model": "full model", "val_accuracy": full.val_accuracy, "faded": list(faded)}
+    if faded and full.val_accuracy is not None:
+        trained = memo(remove_blocks(model, faded), calib)
+        ref["faded_val_accuracy"] = trained
+        if trained > full.val_accuracy:
+            ref.update(model="model without the faded blocks", val_accuracy=trained)
+    return ref
 
 
 def run_collapse(
@@ -355,12 +372,16 @@ def run_collapse(
     data, calib, spec = calibration_data(spec, dev, data_dir, seed)
     example = _example(state["image_shape"], dev, batch=1)
     say = _announcer(progress)
-    scores, sweeps = _sweep_orders(model, found, calib, data.test, example, opts, seed, say)
+    memo = Memoized(top1_accuracy)
+    scores, sweeps = _sweep_orders(model, found, calib, data.test, example, opts, seed, say, memo)
     main = sweeps[opts.criterion]
+    reference = _reference(model, state.get("faded") or [], calib, main.full, memo)
     chosen: SweepPoint = (
         main.points[opts.blocks]
         if opts.blocks is not None
-        else main.best(max_drop=opts.max_drop, max_macs=opts.max_macs)
+        else main.best(
+            max_drop=opts.max_drop, max_macs=opts.max_macs, reference=reference["val_accuracy"]
+        )
     )
     out.mkdir(parents=True, exist_ok=True)
     shallow = (
@@ -375,6 +396,7 @@ def run_collapse(
         "train_config": state.get("train_config"), "train_history": state.get("history"),
         "blocks": [b.to_dict() for b in found], "criterion": opts.criterion,
         "budget": {"max_drop": opts.max_drop, "max_macs": opts.max_macs, "blocks": opts.blocks},
+        "reference": reference,
         "repair": {"method": opts.repair,
                    "calib_samples": opts.calib_samples if opts.repair != "none" else 0},
         "penalized": (state.get("regularizer") or {}).get("targets"),

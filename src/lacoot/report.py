@@ -75,9 +75,24 @@ def _md_header(report: dict[str, Any]) -> list[str]:
         )
     if report.get("penalized"):
         out.append(f"- penalised during training: {', '.join(report['penalized'])}")
+    out.extend(_md_faded(report))
     budget = ", ".join(f"{k} = {v}" for k, v in report["budget"].items() if v is not None)
     out.append(f"- block order: `{report['criterion']}`; budget: {budget}\n")
     return out
+
+
+def _md_faded(report: dict[str, Any]) -> list[str]:
+    """The blocks the training faded out, and which model a ``max_drop`` is measured from."""
+    ref = report.get("reference") or {}
+    if not ref.get("faded"):
+        return []
+    return [
+        f"- faded out during training (the model trained last computes without them): "
+        f"{', '.join(ref['faded'])}; validation accuracy without them "
+        f"{_fmt(ref.get('faded_val_accuracy'))}%, with them switched back on "
+        f"{_fmt(report['sweeps'][report['criterion']]['points'][0]['val_accuracy'])}%; "
+        f"max_drop is measured from the {ref['model']} ({_fmt(ref['val_accuracy'])}%)"
+    ]
 
 
 def _points(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:

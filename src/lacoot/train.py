@@ -302,6 +302,11 @@ class _Run:
     def names(self) -> list[str]:
         return list(self.reg.names) if self.reg is not None else []
 
+    @property
+    def faded(self) -> list[str]:
+        """The blocks the model now computes without (their fade has reached 1)."""
+        return list(self.fade.names) if self.fade is not None and self.fade.alpha == 1.0 else []
+
     def save(self, epoch: int, batch: int, sums: dict[str, Any] | None) -> None:
         """A checkpoint after ``batch`` steps of epoch ``epoch`` (every process takes part)."""
         regs = {"targets": self.targets, "steps": self.reg.steps if self.reg else 0,
@@ -311,7 +316,8 @@ class _Run:
             "scheduler": self.sched.state_dict(), "regularizer": regs, "epoch": epoch,
             "batch": batch, "partial": sums, "steps_per_epoch": self.steps,
             "world_size": dist_.info().world_size, "train_config": self.cfg.to_dict(),
-            "history": self.history, "blocks": [b.to_dict() for b in self.blocks], **self.meta,
+            "history": self.history, "blocks": [b.to_dict() for b in self.blocks],
+            "faded": self.faded, **self.meta,
         }  # fmt: skip
         save_training(self.ckpt, state, self.reg.directions if self.reg else {})
 
@@ -680,5 +686,6 @@ def train(
         if run.fade is not None:
             run.fade.close()
         log.close()
-    faded = run.fade.names if run.fade is not None and run.fade.alpha == 1.0 else []
-    return TrainResult(history=run.history, checkpoint=run.ckpt, penalized=run.names, faded=faded)
+    return TrainResult(
+        history=run.history, checkpoint=run.ckpt, penalized=run.names, faded=run.faded
+    )
