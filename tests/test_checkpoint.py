@@ -58,16 +58,17 @@ class _Stop(Exception):
 
 
 @pytest.mark.parametrize(
-    "stop_after, escalate, fade", [(1, None, 0.0), (2, None, 0.0), (2, 0.0, 0.0), (2, None, 0.6)]
+    "stop_after, escalate, fade, every",
+    [(1, None, 0.0, 1), (2, None, 0.0, 1), (2, 0.0, 0.0, 1), (2, None, 0.6, 1), (2, 0.0, 0.0, 3)],
 )  # before and after the targets are chosen; escalated weights (tolerance 0: always rising);
-# stopped while the target fades out (blend 0.89 at the resume, 1 at the end)
+# stopped while the target fades out (blend 0.89 at the resume, 1 at the end); a lazy penalty
 def test_targeted_run_resumes_exactly(
-    tmp_path, stop_after: int, escalate: float | None, fade: float
+    tmp_path, stop_after: int, escalate: float | None, fade: float, every: int
 ) -> None:
     loader = _data()
     schedule = "constant" if escalate is None else "cosine"  # escalation needs a decaying lr
     cfg = TrainConfig(epochs=3, lam=0.5, target_blocks=1, target_warmup=1, schedule=schedule,
-                      lr=0.01, escalate=escalate, fade=fade)  # fmt: skip
+                      lr=0.01, escalate=escalate, fade=fade, penalty_every=every)  # fmt: skip
 
     def fresh():
         torch.manual_seed(0)

@@ -117,6 +117,32 @@ def test_lambda_warmup_ramps_linearly_per_step(monkeypatch) -> None:
         TrainConfig(lam_warmup=-1)
 
 
+def test_lazy_penalty_every_n_steps_weighted_n_times(monkeypatch) -> None:
+    from lacoot.regularizer import MSWRegularizer
+    from lacoot.train import lam_at
+
+    seen: list[float] = []
+    penalty = MSWRegularizer.penalty
+    monkeypatch.setattr(MSWRegularizer, "penalty", lambda self: seen.append(self.lam)
+                        or penalty(self))  # fmt: skip
+    model, blocks = tiny_model()
+    cfg = TrainConfig(**{**CFG.to_dict(), "lam": 0.4, "lam_warmup": 1.0, "penalty_every": 4})
+    result = train(model, blocks, tiny_loader(), None, cfg, progress=False)
+    steps = len(tiny_loader())
+    total = cfg.epochs * steps
+    assert seen == pytest.approx([4 * lam_at(cfg, s, steps) for s in range(0, total, 4)])
+    assert all(math.isfinite(v) for row in result.history for k, v in row.items()
+               if k.startswith("msw/"))  # fmt: skip  # averaged over the penalised steps only
+    reg = MSWRegularizer(model, blocks, lam=1.0)
+    model(next(iter(tiny_loader()))[0])
+    reg.discard()  # a skipped step: the captured features are dropped
+    with pytest.raises(RuntimeError, match="no hooked block ran"):
+        reg.penalty()
+    reg.close()
+    with pytest.raises(ValueError, match="penalty_every=0"):
+        TrainConfig(penalty_every=0)
+
+
 def test_escalate_needs_blocks_meant_to_go_and_logs_their_weights(tmp_path) -> None:
     with pytest.raises(ValueError, match="escalate=0.001 pulls harder .* every block is "):
         TrainConfig(escalate=1e-3, target_macs=1.0)

@@ -254,6 +254,10 @@ class TrainConfig(Options):
                          "the paper)", choices=("ascent", "random"))  # fmt: skip
     n_projections: int = option(50, "random directions of the random estimator", check=_count,
                                 expect=">= 1")  # fmt: skip
+    penalty_every: int = option(
+        1, "compute the penalty on every N-th step only, weighted N times (lazy regularisation: "
+        "the same mean pull for 1/N of its cost)", check=_count, expect="a step count >= 1",
+    )  # fmt: skip
     n_iters: int = option(2, "ascent steps per training step", check=lambda v: v >= 0,
                           expect=">= 0")  # fmt: skip
     channels_last: bool = option(True, "channels-last memory format for the model and its 4-D "

@@ -450,6 +450,12 @@ class MSWRegularizer:
             w = w * self.escalate_rate if c > self.escalate else w / self.escalate_rate
             self.weights[name] = min(max(w, 1.0), self.max_weight)
 
+    def discard(self) -> None:
+        """Drop what the hooks captured in the last forward pass, without a penalty (a step that
+        skips it); :attr:`last` is emptied too, so no stale distance is read as this step's."""
+        self._captured = {}
+        self.last = {}
+
     def forget(self, names: Iterable[str] | None = None) -> None:
         """Drop the carried ascent directions of ``names`` (default: all), for example after
         a batch whose distances were not finite; the next step searches afresh."""

@@ -218,7 +218,8 @@ def _penalty_on(
     """The penalty on a budget's ``targets`` once chosen, else on the blocks penalised from the
     start; ``replaces`` (an earlier penalty) is closed. None for vanilla training (no hooks, no
     per-step cost). ``cfg.escalate`` acts on the blocks meant to go only (not during a budget's
-    warm-up), its weights doubling in one epoch of ``steps_per_epoch`` steps."""
+    warm-up), its weights doubling in one epoch of ``steps_per_epoch`` steps (of which every
+    ``cfg.penalty_every``-th computes the penalty)."""
     if replaces is not None:
         replaces.close()
     names = list(targets) if targets is not None else _penalized(blocks, cfg)
@@ -236,7 +237,7 @@ def _penalty_on(
         relative=cfg.relative,
         distance=cfg.distance,
         escalate=cfg.escalate if targets is not None or cfg.penalize else None,
-        escalate_rate=2.0 ** (1.0 / steps_per_epoch),
+        escalate_rate=2.0 ** (cfg.penalty_every / steps_per_epoch),
     )
 
 
@@ -467,6 +468,21 @@ def escalation_cap(cfg: TrainConfig, lr: float) -> float:
     return min(MAX_WEIGHT, max(1.0, cfg.lr / lr)) if lr > 0 else MAX_WEIGHT
 
 
+def _penalty_when_due(run: _Run, step: int) -> Tensor:
+    """The penalty of (0-based) optimiser step ``step``: computed on every
+    ``cfg.penalty_every``-th step with ``penalty_every`` times :func:`lam_at`'s weight (lazy
+    regularisation), zero in between (the features the hooks captured are dropped)."""
+    every = run.cfg.penalty_every
+    if run.reg is None or step % every:
+        if run.reg is not None:
+            run.reg.discard()
+        return torch.zeros((), device=run.dev)
+    run.reg.lam = every * lam_at(run.cfg, step, run.steps)
+    if run.reg.escalate is not None:
+        run.reg.max_weight = escalation_cap(run.cfg, run.opt.param_groups[0]["lr"])
+    return run.reg.penalty()
+
+
 def _step(
     run: _Run, x: Tensor, y: Tensor, sums: dict[str, Any], stopper: _GracefulStop, epoch: int,
     k: int,
@@ -484,11 +500,7 @@ def _step(
     with torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=amp):
         logits = logits_of(call_model(run.net if run.net is not None else run.model, x))
     task = F.cross_entropy(logits.float(), y)
-    if run.reg is not None:
-        run.reg.lam = lam_at(run.cfg, epoch * run.steps + k, run.steps)
-        if run.reg.escalate is not None:
-            run.reg.max_weight = escalation_cap(run.cfg, run.opt.param_groups[0]["lr"])
-    penalty = run.reg.penalty() if run.reg is not None else torch.zeros((), device=run.dev)
+    penalty = _penalty_when_due(run, epoch * run.steps + k)
     loss = task + penalty
     bad_loss, stop = run.stop_flags(not bool(torch.isfinite(loss)), stopper)
     run.opt.zero_grad(set_to_none=True)
