@@ -22,7 +22,12 @@ and IQR (25th-75th percentile) of the per-round ratios (variant / baseline timed
      projections on every call, as in the authors' code;
    * ``MSWRegularizer(method="ascent", n_iters=1)``: one ascent step per training step;
    * ``floor``: ``W_2^2`` along one fixed direction per block, the least any sliced penalty
-     computes (one projection pass, one sort, one backward pass): what no estimator can undercut.
+     computes (one projection pass, one sort, one backward pass): what no estimator can undercut
+     on a step that computes it;
+   * ``random`` every 2 and every 4 steps (``TrainConfig.penalty_every``, lazy regularisation:
+     the penalty on one step of each period, weighted by the period, the hooks' captures dropped
+     on the others). Their times and ratios are per step, averaged over each period of
+     consecutive rounds (:func:`per_period`), the baseline averaged alike.
 
    All penalties use ``lam = 1`` and the mean over blocks. Target: step time with a penalty at
    most 1.03 x the step without.
@@ -73,6 +78,7 @@ from lacoot.regularizer import MSWRegularizer, block_io_hooks, flat_pair
 
 TARGET_TRAIN = 1.03
 N_PROJ = 50
+LAZY = (2, 4)  # periods of the lazy-penalty variants (TrainConfig.penalty_every)
 # name -> (factory kwargs, per-sample input shape); 10 classes everywhere
 MODELS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "resnet20": ({"in_channels": 1}, (1, 28, 28)),  # Fashion-MNIST shape
@@ -124,6 +130,15 @@ def ratio_stats(ts: Sequence[float], base: Sequence[float]) -> dict[str, Any]:
         "per_round_q75": q75,
         "per_round": per_round,
     }
+
+
+def per_period(ts: Sequence[float], every: int) -> list[float]:
+    """Mean step time over each run of ``every`` consecutive rounds (a lazy penalty's period:
+    exactly one of them computes the penalty); an incomplete last run is left out."""
+    if len(ts) < every:
+        raise ValueError(f"{len(ts)} timed rounds; a penalty every {every} steps needs at least "
+                         f"{every} (pass --repeats {every} or more)")  # fmt: skip
+    return [statistics.fmean(ts[i : i + every]) for i in range(0, len(ts) - every + 1, every)]
 
 
 def _sync(device: torch.device) -> None:
@@ -238,11 +253,16 @@ def bench_training(
             m, names, OneFixedDirection(args.seed)
         ),
     }
+    periods: dict[str, int] = {}  # the lazy variants' periods (1 elsewhere)
+    for every in LAZY:
+        vname = f"MSWRegularizer random ({N_PROJ} proj.), every {every} steps"
+        makers[vname], periods[vname] = makers[f"MSWRegularizer random ({N_PROJ} proj.)"], every
     variants = {}
     for vname, make in makers.items():
         m = copy.deepcopy(base).train()
         opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        variants[vname] = {"model": m, "opt": opt, "reg": make(m), "loss": None, "penalty": None}
+        variants[vname] = {"model": m, "opt": opt, "reg": make(m), "loss": None, "penalty": None,
+                           "every": periods.get(vname, 1)}  # fmt: skip
 
     autocast = (
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
@@ -250,12 +270,15 @@ def bench_training(
         else (lambda: nullcontext())
     )
 
-    def step(v: dict[str, Any], batch: tuple[Tensor, Tensor]) -> None:
+    def step(v: dict[str, Any], batch: tuple[Tensor, Tensor], rnd: int) -> None:
         x, y = batch
         with autocast():
             logits = v["model"](x)
         loss = F.cross_entropy(logits.float(), y)
-        if v["reg"] is not None:
+        if v["reg"] is not None and rnd % v["every"]:  # lazy: no penalty on this step
+            v["reg"].discard()
+        elif v["reg"] is not None:
+            v["reg"].lam = float(v["every"])  # lam = 1, weighted by its period (lazy)
             pen = v["reg"].penalty()
             loss = loss + pen
             v["penalty"] = pen.detach()
@@ -272,7 +295,7 @@ def bench_training(
         for vname in order[shift:] + order[:shift]:
             _sync(device)
             t0 = time.perf_counter()
-            step(variants[vname], batch)
+            step(variants[vname], batch, rnd)
             _sync(device)
             if rnd >= args.warmup:
                 times[vname].append((time.perf_counter() - t0) * 1e3)
@@ -282,15 +305,15 @@ def bench_training(
             if missing:
                 raise RuntimeError(f"ascent not warm-started after warm-up: {sorted(missing)}")
 
-    base_times = times["no penalty"]
     rows = []
     for vname in order:
         v = variants[vname]
-        row: dict[str, Any] = {"variant": vname, **summary(times[vname])}
+        mine, base_times = (per_period(times[k], v["every"]) for k in (vname, "no penalty"))
+        row: dict[str, Any] = {"variant": vname, **summary(mine), "every": v["every"]}
         row["final_loss"] = float(v["loss"])
         row["final_penalty"] = None if v["penalty"] is None else float(v["penalty"])
         if vname != "no penalty":
-            row.update(ratio_stats(times[vname], base_times))
+            row.update(ratio_stats(mine, base_times))
             row["target"] = f"step time <= {TARGET_TRAIN} x no penalty (ratio of medians)"
             row["target_met"] = bool(row["ratio_of_medians"] <= TARGET_TRAIN)
         rows.append(row)
