@@ -121,9 +121,10 @@ def screening_jobs(epochs: int) -> list[Job]:
     faded = screen_overrides("raw", "tgt4", 1.0) | {"fade": 0.6}  # lacoot run's default, faded
     jobs.append(Job("screen-raw-tgt4-1-fade0.6", "screen", epochs, faded,
                     config="raw-tgt4-1-fade0.6"))  # fmt: skip
-    lazy = faded | {"penalty_every": 4}  # the same with the penalty on every 4th step only
-    jobs.append(Job("screen-raw-tgt4-1-fade0.6-lazy4", "screen", epochs, lazy,
-                    config="raw-tgt4-1-fade0.6-lazy4"))  # fmt: skip
+    for every in (4, 8):  # the same with the penalty on every 4th (8th) step only
+        config = f"raw-tgt4-1-fade0.6-lazy{every}"
+        jobs.append(Job(f"screen-{config}", "screen", epochs, faded | {"penalty_every": every},
+                        config=config))  # fmt: skip
     return jobs
 
 

@@ -24,7 +24,7 @@ and IQR (25th-75th percentile) of the per-round ratios (variant / baseline timed
    * ``floor``: ``W_2^2`` along one fixed direction per block, the least any sliced penalty
      computes (one projection pass, one sort, one backward pass): what no estimator can undercut
      on a step that computes it;
-   * ``random`` every 2 and every 4 steps (``TrainConfig.penalty_every``, lazy regularisation:
+   * ``random`` every 4 and every 8 steps (``TrainConfig.penalty_every``, lazy regularisation:
      the penalty on one step of each period, weighted by the period, the hooks' captures dropped
      on the others). Their times and ratios are per step, averaged over each period of
      consecutive rounds (:func:`per_period`), the baseline averaged alike.
@@ -78,7 +78,7 @@ from lacoot.regularizer import MSWRegularizer, block_io_hooks, flat_pair
 
 TARGET_TRAIN = 1.03
 N_PROJ = 50
-LAZY = (2, 4)  # periods of the lazy-penalty variants (TrainConfig.penalty_every)
+LAZY = (4, 8)  # periods of the lazy-penalty variants (TrainConfig.penalty_every)
 # name -> (factory kwargs, per-sample input shape); 10 classes everywhere
 MODELS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "resnet20": ({"in_channels": 1}, (1, 28, 28)),  # Fashion-MNIST shape
