@@ -110,3 +110,22 @@ def test_fade_on_named_blocks_without_a_penalty() -> None:
     cfg = TrainConfig(**{**CFG.to_dict(), "lam": 0.0, "penalize": ("layer1.*",), "fade": 0.5})
     result = train(model, blocks, tiny_loader(), None, cfg, progress=False)
     assert result.faded == ["layer1.0", "layer1.1", "layer1.2"] and result.penalized == []
+
+
+def test_a_compiled_model_does_not_recompile_for_every_blend() -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, blocks, x = _mlp()
+    fade = Fade(model, blocks[:2])
+    compiled = torch.compile(model, backend="eager")
+    for alpha in [i / 10 for i in range(11)]:  # the ramp of a training, coarsely
+        fade.alpha = alpha
+        out = compiled(x)
+        with torch.no_grad():
+            assert torch.allclose(out, model(x), rtol=0, atol=1e-6)
+    # alpha 0 (no blend), the first blend, the blend as a symbolic float, alpha 1 (identity)
+    assert counters["stats"]["unique_graphs"] <= 4
+    fade.close()
+    torch._dynamo.reset()
