@@ -304,6 +304,12 @@ class _Run:
         return list(self.reg.names) if self.reg is not None else []
 
     @property
+    def meant_to_go(self) -> list[str] | None:
+        """The blocks meant to go: a budget's targets (None until chosen; the penalty covers
+        every block during the warm-up), else the blocks ``cfg.penalize`` names."""
+        return self.targets if self.cfg.targeted else _penalized(self.blocks, self.cfg)
+
+    @property
     def faded(self) -> list[str]:
         """The blocks the model now computes without (their fade has reached 1)."""
         return list(self.fade.names) if self.fade is not None and self.fade.alpha == 1.0 else []
@@ -450,7 +456,7 @@ def _fade_when_due(run: _Run, step: int) -> None:
     if run.fade is None:
         if alpha <= 0:
             return
-        names = run.targets if run.cfg.targeted else _penalized(run.blocks, run.cfg)
+        names = run.meant_to_go
         if names is None:
             return
         run.fade = Fade(run.model, _named(run.blocks, names))
