@@ -75,6 +75,15 @@ def test_collapse_writes_report_and_plot(trained: Path, work: Path) -> None:
     err = lacoot_cmd("collapse", str(trained), "--blocks", "1", "--out", "col", cwd=work, check=2)
     assert "already holds a collapse report" in err.stderr and "--overwrite" in err.stderr
     assert (work / "col" / "report.json").read_bytes() == before
+    lacoot_cmd(
+        "collapse", str(trained), "--max-latency", "0.9", "--out", "lat", "--criterion", "depth",
+        "--compare", "depth", "--repair", "none", "--latency-batch-sizes", "1", "4",
+        "--latency-repeats", "3", cwd=work,
+    )  # fmt: skip
+    report = json.loads((work / "lat" / "report.json").read_text())
+    full, chosen = report["sweeps"]["depth"]["points"][0], report["chosen"]
+    assert report["budget"]["max_latency"] == 0.9
+    assert chosen["latency_ms"]["4"] <= 0.9 * full["latency_ms"]["4"]  # the largest batch
 
 
 def test_sigint_checkpoints_exits_130_and_resumes(work: Path, uninterrupted) -> None:
@@ -154,6 +163,8 @@ def test_run_end_to_end(work: Path) -> None:
         (["run", "--compare", "cosine", "entropy", "--out", "x"], "unknown criterion 'entropy'"),
         (["score", "missing.pt"], "does not exist"),
         (["collapse", "missing.pt", "--max-drop", "1"], "does not exist"),
+        (["collapse", "missing.pt", "--max-latency", "1.5"], "max_latency=1.5; expected a"),
+        (["collapse", "missing.pt"], "--max-drop, --max-macs, --max-latency or --blocks"),
     ],
 )
 def test_bad_input_exits_2(work: Path, args: list[str], message: str) -> None:

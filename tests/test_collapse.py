@@ -66,6 +66,27 @@ def test_best_within_budget() -> None:
         sweep.best()
 
 
+def test_best_within_a_latency_budget() -> None:
+    sweep = _fake_sweep([90.0, 89.8, 89.6, 88.0, 70.0], [100, 80, 60, 40, 20])
+    latency = [{1: 2.0, 8: 10.0}, {1: 1.9, 8: 8.0}, {1: 1.0, 8: 7.0}, {1: 0.9, 8: 5.0},
+               {1: 0.5, 8: 2.0}]  # fmt: skip
+    points = tuple(
+        SweepPoint(p.k, p.removed, p.val_accuracy, p.test_accuracy, p.macs, p.params, lat)
+        for p, lat in zip(sweep.points, latency, strict=True)
+    )
+    sweep = Sweep(order=sweep.order, points=points)
+    assert sweep.best(max_latency=0.7).k == 2  # 7.0 / 10 at batch 8, the largest measured
+    assert sweep.best(max_latency=0.45, latency_batch=1).k == 3  # 0.9 / 2 at batch 1
+    with pytest.raises(ValueError, match="no collapse meets"):
+        sweep.best(max_latency=0.7, max_drop=0.1)
+    with pytest.raises(ValueError, match="latency_batch=4; the sweep measured batch sizes"):
+        sweep.best(max_latency=0.5, latency_batch=4)
+    with pytest.raises(ValueError, match="max_latency=0; expected a fraction"):
+        sweep.best(max_latency=0)
+    with pytest.raises(ValueError, match="the sweep measured none"):
+        _fake_sweep([90.0, 89.0], [100, 50]).best(max_latency=0.5)
+
+
 def test_collapse_leaves_original_untouched(setup) -> None:
     model, _, _ = setup
     n = lacoot.count_params(model)

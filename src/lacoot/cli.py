@@ -322,9 +322,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
-    if args.command == "collapse" and args.max_drop is None and args.max_macs is None:
-        if args.blocks is None:
-            parser.error("collapse needs a budget: --max-drop, --max-macs or --blocks")
+    from .config import BUDGETS
+
+    if args.command == "collapse" and all(getattr(args, b) is None for b in BUDGETS):
+        parser.error("collapse needs a budget: --max-drop, --max-macs, --max-latency or --blocks")
     from .train import TrainingInterrupted
 
     try:

@@ -150,6 +150,8 @@ class Sweep:
         max_macs: float | None = None,
         max_blocks: int | None = None,
         reference: float | None = None,
+        max_latency: float | None = None,
+        latency_batch: int | None = None,
     ) -> SweepPoint:
         """Choose a collapse within a budget, judged on the validation accuracy.
 
@@ -164,20 +166,26 @@ class Sweep:
             Remove at most this many blocks.
         reference : float, optional
             The validation metric ``max_drop`` is measured from; the full model's when None.
+        max_latency : float, optional
+            Largest allowed measured latency as a fraction of the full model's, in ``(0, 1]``,
+            at batch size ``latency_batch`` (default: the largest the sweep measured). Medians of
+            timed runs: a point near the limit may fall on either side of it in another run.
 
         Returns
         -------
         SweepPoint
-            With ``max_macs``: the most accurate collapse (validation) meeting every budget, fewer
-            MACs breaking ties. Otherwise the deepest collapse meeting them.
+            With ``max_macs`` or ``max_latency``: the most accurate collapse (validation) meeting
+            every budget, fewer MACs breaking ties. Otherwise the deepest collapse meeting them.
 
         Raises
         ------
         ValueError
             No budget given, a budget out of range, or no point meets them all.
         """
-        if max_drop is None and max_macs is None and max_blocks is None:
-            raise ValueError("no budget given; expected max_drop, max_macs or max_blocks")
+        if max_drop is None and max_macs is None and max_blocks is None and max_latency is None:
+            raise ValueError(
+                "no budget given; expected max_drop, max_macs, max_blocks or max_latency"
+            )
         if max_drop is not None and not max_drop >= 0:
             raise ValueError(f"max_drop={max_drop!r}; expected a drop >= 0 percentage points")
         if max_macs is not None and not 0 < max_macs <= 1:
@@ -188,8 +196,11 @@ class Sweep:
         if max_drop is not None and full.val_accuracy is None:
             raise ValueError("max_drop needs validation accuracies; the sweep has none")
         ref = full.val_accuracy if reference is None else reference
+        latency = self._latency_of(max_latency, latency_batch)
         feasible = []
         for pt in self.points:
+            if latency is not None and latency(pt) > max_latency * latency(full):
+                continue
             if max_blocks is not None and pt.k > max_blocks:
                 continue
             if max_macs is not None and pt.macs > max_macs * full.macs:
@@ -200,13 +211,30 @@ class Sweep:
         if not feasible:
             raise ValueError(
                 f"no collapse meets max_drop={max_drop}, max_macs={max_macs}, "
-                f"max_blocks={max_blocks}: the sweep reaches "
+                f"max_blocks={max_blocks}, max_latency={max_latency}: the sweep reaches "
                 f"{min(p.macs for p in self.points) / full.macs:.1%} of the MACs, removing at most "
                 f"{self.points[-1].k} blocks"
             )
-        if max_macs is not None:
+        if max_macs is not None or max_latency is not None:
             return max(feasible, key=lambda p: (p.val_accuracy or 0.0, -p.macs))
         return max(feasible, key=lambda p: p.k)
+
+    def _latency_of(
+        self, max_latency: float | None, batch: int | None
+    ) -> Callable[[SweepPoint], float] | None:
+        """A point's latency at ``batch`` (default: the largest measured) for a ``max_latency``
+        budget; None without one."""
+        if max_latency is None:
+            return None
+        if not 0 < max_latency <= 1:
+            raise ValueError(f"max_latency={max_latency!r}; expected a fraction in (0, 1]")
+        measured = sorted(set.intersection(*(set(p.latency_ms) for p in self.points)))
+        if not measured:
+            raise ValueError("max_latency needs latencies; the sweep measured none")
+        b = measured[-1] if batch is None else batch
+        if b not in measured:
+            raise ValueError(f"latency_batch={batch!r}; the sweep measured batch sizes {measured}")
+        return lambda p: p.latency_ms[b]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -31,6 +31,7 @@ __all__ = [
 
 DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
 DEFAULT_TARGET_MACS = 0.55  # penalise the blocks whose removal brings the MACs to 55%
+BUDGETS = ("max_drop", "max_macs", "max_latency", "blocks")  # CollapseConfig's budget options
 DEFAULT_FADE = 0.6  # fade the blocks meant to go out over the last 60% of the training
 
 
@@ -395,6 +396,11 @@ class CollapseConfig(Options):
     max_macs: float | None = option(None, "largest MACs allowed, as a fraction of the full "
                                     "model's", check=lambda v: 0 < v <= 1,
                                     expect="a fraction in (0, 1]")  # fmt: skip
+    max_latency: float | None = option(
+        None, "largest measured latency allowed, as a fraction of the full model's at the "
+        "largest --latency-batch-sizes batch (the most accurate collapse within it is chosen)",
+        check=lambda v: 0 < v <= 1, expect="a fraction in (0, 1]",
+    )  # fmt: skip
     blocks: int | None = option(None, "remove exactly this many blocks", check=lambda v: v >= 0,
                                 expect="a count >= 0")  # fmt: skip
     repair: str = option("linear", "training-free repair of each collapse: none, bn "
@@ -411,7 +417,7 @@ class CollapseConfig(Options):
 
     @property
     def has_budget(self) -> bool:
-        return not (self.max_drop is None and self.max_macs is None and self.blocks is None)
+        return any(getattr(self, b) is not None for b in BUDGETS)
 
     def or_default_budget(self) -> CollapseConfig:
         """These options, with ``max_drop = DEFAULT_MAX_DROP`` when no budget is given."""

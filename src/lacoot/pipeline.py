@@ -359,7 +359,7 @@ def run_collapse(
 
     opts = CollapseConfig.from_dict({**(options or CollapseConfig()).to_dict(), **overrides})
     if not opts.has_budget:
-        raise ValueError("no budget given; expected max_drop, max_macs or blocks")
+        raise ValueError("no budget given; expected max_drop, max_macs, max_latency or blocks")
     out = Path(out)
     _refuse_earlier_report(out, overwrite)
     dev = resolve_device(device)
@@ -380,8 +380,11 @@ def run_collapse(
         main.points[opts.blocks]
         if opts.blocks is not None
         else main.best(
-            max_drop=opts.max_drop, max_macs=opts.max_macs, reference=reference["val_accuracy"]
-        )
+            max_drop=opts.max_drop,
+            max_macs=opts.max_macs,
+            reference=reference["val_accuracy"],
+            max_latency=opts.max_latency,
+        )  # fmt: skip
     )
     out.mkdir(parents=True, exist_ok=True)
     shallow = (
@@ -395,7 +398,8 @@ def run_collapse(
         "model_spec": state["model_spec"], "data_spec": spec,
         "train_config": state.get("train_config"), "train_history": state.get("history"),
         "blocks": [b.to_dict() for b in found], "criterion": opts.criterion,
-        "budget": {"max_drop": opts.max_drop, "max_macs": opts.max_macs, "blocks": opts.blocks},
+        "budget": {"max_drop": opts.max_drop, "max_macs": opts.max_macs,
+                   "max_latency": opts.max_latency, "blocks": opts.blocks},  # fmt: skip
         "reference": reference,
         "repair": {"method": opts.repair,
                    "calib_samples": opts.calib_samples if opts.repair != "none" else 0},
