@@ -78,7 +78,7 @@ from lacoot.regularizer import MSWRegularizer, block_io_hooks, flat_pair
 
 TARGET_TRAIN = 1.03
 N_PROJ = 50
-LAZY = (4, 8)  # periods of the lazy-penalty variants (TrainConfig.penalty_every)
+LAZY = (4, 8)  # default periods of the lazy-penalty variants (TrainConfig.penalty_every)
 # name -> (factory kwargs, per-sample input shape); 10 classes everywhere
 MODELS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "resnet20": ({"in_channels": 1}, (1, 28, 28)),  # Fashion-MNIST shape
@@ -254,7 +254,7 @@ def bench_training(
         ),
     }
     periods: dict[str, int] = {}  # the lazy variants' periods (1 elsewhere)
-    for every in LAZY:
+    for every in getattr(args, "lazy", ()):
         vname = f"MSWRegularizer random ({N_PROJ} proj.), every {every} steps"
         makers[vname], periods[vname] = makers[f"MSWRegularizer random ({N_PROJ} proj.)"], every
     variants = {}
@@ -604,12 +604,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--skip-latency", action="store_true", help="section 1 only")
     parser.add_argument(
+        "--lazy", type=int, nargs="*", default=list(LAZY),
+        help="periods of the lazy-penalty variants (each needs --repeats at least as large)",
+    )  # fmt: skip
+    parser.add_argument(
         "--channels-last", action="store_true",
         help="section 1 in channels-last layout (model and batches), lacoot train's default",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 1 or args.batch_size < 2 or args.batches < 1:
         parser.error("need --repeats >= 1, --warmup >= 1, --batch-size >= 2, --batches >= 1")
+    if any(not 2 <= n <= args.repeats for n in args.lazy):
+        parser.error(f"--lazy {args.lazy}: each period must be in [2, --repeats={args.repeats}]")
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
