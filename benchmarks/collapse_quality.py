@@ -173,7 +173,8 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             config="budget6-rnd3-esc-deep")
     )  # fmt: skip
     faded = ((6, 3.0, ESCALATE, True, FADE), (4, 1.0, ESCALATE, False, FADE),
-             (6, 1.0, None, True, 0.6), (4, 1.0, None, False, 0.6))  # fmt: skip
+             (6, 1.0, None, True, 0.6), (4, 1.0, None, False, 0.6),
+             (6, 1.0, None, True, FADE))  # fmt: skip  # the last: lambda 1 at the short fade
     for k, lam, esc, deep, fade in faded:  # the targets faded out at the end of the training
         config = (f"budget{k}-rnd{lam:g}{'-esc' if esc else ''}{'-deep' if deep else ''}-fade"
                   f"{'' if fade == FADE else f'{fade:g}'}")  # fmt: skip
