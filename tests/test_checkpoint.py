@@ -108,3 +108,18 @@ def test_resume_after_kill_matches_uninterrupted(work: Path, uninterrupted) -> N
     assert 1 <= killed_at < 4, "the run was not interrupted; make it slower"
     lacoot_cmd(*RESUMABLE, "--out", "killed", "--resume", cwd=work)
     _assert_same_weights(uninterrupted, load_checkpoint(work / "killed" / "checkpoint.pt")["model"])
+
+
+def test_resuming_with_other_options_names_them(tmp_path: Path) -> None:
+    from lacoot.checkpoint import CheckpointError
+
+    loader = _data()
+    cfg = TrainConfig(epochs=2, lam=0.5, target_macs=1.0, schedule="constant", lr=0.01)
+    model = residual_mlp(units=3)
+    blocks = lacoot.find_blocks(model, loader[0][0][:2])
+    train(model, blocks, loader, None, TrainConfig(**{**cfg.to_dict(), "epochs": 1}),
+          out_dir=tmp_path, device="cpu", progress=False)  # fmt: skip
+    other = TrainConfig(**{**cfg.to_dict(), "epochs": 1, "lam": 0.25})
+    with pytest.raises(CheckpointError, match=r"other options: lam=0.5 \(now 0.25\); pass"):
+        train(model, blocks, loader, None, other, out_dir=tmp_path, device="cpu",
+              progress=False, resume=True)  # fmt: skip

@@ -52,9 +52,17 @@ def test_bad_training_options_are_rejected() -> None:
         TrainConfig(nonfinite="ignore")
     with pytest.raises(ValueError, match="unknown training options \\['lamda'\\]"):
         TrainConfig.from_dict({"lamda": 1.0})
-    assert TrainConfig.same_run({"epochs": 3, "lam": 0.1, "lr": 0.05}, TrainConfig(
-        epochs=3, lam=0.1, lr=0.05))  # fmt: skip
-    assert not TrainConfig.same_run({"epochs": "x"}, CFG)
+    same = {"epochs": 3, "lam": 0.1, "lr": 0.05, "fade": 0.6}  # the others: their defaults
+    assert TrainConfig.differences(same, TrainConfig(epochs=3, lam=0.1, lr=0.05)) == []
+    # a checkpoint written before --fade existed was not faded: it does not resume with the
+    # default fade, and the error names the option
+    old = {"epochs": 3, "lam": 0.1, "lr": 0.05}
+    assert TrainConfig.from_saved(old).fade == 0.0
+    assert TrainConfig.differences(old, TrainConfig(epochs=3, lam=0.1, lr=0.05)) == [
+        "fade=0.0 (now 0.6)"
+    ]
+    assert TrainConfig.differences(old, TrainConfig(epochs=3, lam=0.1, lr=0.05, fade=0.0)) == []
+    assert "cannot be read" in TrainConfig.differences({"epochs": "x"}, CFG)[0]
 
 
 def test_dataloader_with_distributed_sampler_is_told_the_epoch(tmp_path: Path) -> None:

@@ -35,6 +35,9 @@ BUDGETS = ("max_drop", "max_macs", "max_latency", "blocks")  # CollapseConfig's 
 DEFAULT_FADE = 0.6  # fade the blocks meant to go out over the last 60% of the training
 
 
+_NO_LEGACY: Any = type("NoLegacy", (), {"__repr__": lambda self: "<no legacy value>"})()
+
+
 @dataclass(frozen=True)
 class Option:
     """What a field declares besides its default.
@@ -43,6 +46,8 @@ class Option:
     an unknown name read ``unknown <label> 'x'; valid names: ...``; ``canonical``, when given,
     checks a name instead (it accepts aliases and raises on an unknown name). ``check`` returns
     whether a (non-None) value is in range, ``expect`` says what is expected when it is not.
+    ``legacy``, when given, is the value that a saved configuration without this option stands
+    for (lacoot's behaviour before the option existed), where it differs from the default.
     """
 
     help: str
@@ -51,6 +56,7 @@ class Option:
     canonical: Callable[[str], str] | None = None
     check: Callable[[Any], bool] | None = None
     expect: str = ""
+    legacy: Any = _NO_LEGACY  # what a saved configuration written before the option existed meant
 
     def names(self) -> tuple[str, ...] | None:
         if self.choices is None:
@@ -159,6 +165,15 @@ class Options:
         if unknown:
             raise ValueError(f"unknown {cls._what} {unknown}; expected some of {sorted(known)}")
         return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> Any:
+        """Build from a mapping that lacoot wrote (a checkpoint's): an option it lacks takes
+        its ``legacy`` value where one is declared (the behaviour of the lacoot that wrote it),
+        else its default."""
+        legacy = {f.name: option_spec(f).legacy for f in fields(cls)}  # type: ignore[arg-type]
+        missing = {k: v for k, v in legacy.items() if k not in values and v is not _NO_LEGACY}
+        return cls.from_dict({**missing, **values})
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain JSON/YAML values (tuples as lists)."""
@@ -310,7 +325,7 @@ class TrainConfig(Options):
         "input, the blend rising linearly over the first half of that span and held at the "
         "identity for the second half, so the training ends without them (0: no fade; the "
         "default yields to a run with no block meant to go)",
-        check=lambda v: 0 <= v < 1, expect="a fraction in [0, 1), such as 0.4",
+        check=lambda v: 0 <= v < 1, expect="a fraction in [0, 1), such as 0.4", legacy=0.0,
     )  # fmt: skip
     target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "
                                    "are chosen", choices=_criteria, label="criterion")  # fmt: skip
@@ -368,13 +383,17 @@ class TrainConfig(Options):
         )
 
     @classmethod
-    def same_run(cls, saved: Any, cfg: TrainConfig) -> bool:
-        """Whether a checkpoint's ``train_config`` mapping describes the run ``cfg`` (options
-        added to lacoot after the checkpoint was written take their defaults)."""
+    def differences(cls, saved: Any, cfg: TrainConfig) -> list[str]:
+        """How a checkpoint's ``train_config`` mapping differs from the run ``cfg``, one
+        ``name=saved (now now)`` per option (read with :meth:`from_saved`: an option added to
+        lacoot after the checkpoint was written means what the older lacoot did); empty when
+        they describe the same run."""
         try:
-            return cls.from_dict(dict(saved)).to_dict() == cfg.to_dict()
-        except (TypeError, ValueError):
-            return False
+            then = cls.from_saved(dict(saved)).to_dict()
+        except (TypeError, ValueError) as exc:
+            return [f"its train_config cannot be read ({exc})"]
+        now = cfg.to_dict()
+        return [f"{k}={then[k]!r} (now {now[k]!r})" for k in now if then[k] != now[k]]
 
 
 @dataclass

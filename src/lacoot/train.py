@@ -370,9 +370,11 @@ def _resume(run: _Run) -> tuple[int, int, dict[str, Any] | None]:
     """Load the checkpoint into ``run``; return the epoch, the batch and the partial sums at
     which it continues."""
     state = read_for_resume(run.ckpt)
-    if not TrainConfig.same_run(state.get("train_config"), run.cfg):
+    differ = TrainConfig.differences(state.get("train_config"), run.cfg)
+    if differ:
         raise CheckpointError(
-            f"cannot resume {run.ckpt}: it was trained with another configuration"
+            f"cannot resume {run.ckpt}: it was trained with other options: {'; '.join(differ)}; "
+            "pass the options it was trained with"
         )
     run.model.load_state_dict(state["model"])
     restore_schedule(run.sched, run.opt, state, run.steps)
