@@ -42,6 +42,26 @@ def test_sweep_measures_every_step(setup) -> None:
     assert sweep.to_dict()["points"][2]["removed"] == ["4", "3"]
 
 
+def test_sweep_and_greedy_put_no_patch_in_place_of_the_training_identities(
+    setup, monkeypatch
+) -> None:
+    model, blocks, loader = setup
+    scores = {"1": 3.0, "2": 0.0, "3": 2.0, "4": 1.0}  # "2" (the faded one) goes first
+    sw = lacoot.sweep(model, blocks, scores, loader, loader, latency_batch_sizes=(),
+                      repair="linear", identities=["2"])  # fmt: skip
+    macs = [p.macs for p in sw.points]
+    assert macs[0] - macs[1] == 512  # the faded block removed outright: no 16x16 patch
+    assert macs[1] - macs[2] == 512 - 16 * 16  # the next one patched
+    import lacoot.repair as rep
+
+    seen = []
+    real = rep.repair
+    monkeypatch.setattr(rep, "repair", lambda *a, **k: seen.append(k.get("identities"))
+                        or real(*a, **k))  # fmt: skip
+    lacoot.score_blocks(model, blocks, loader, "greedy", repair="linear", identities=["2"])
+    assert seen and all(ids == ["2"] for ids in seen)
+
+
 def _fake_sweep(accs: list[float], macs: list[int]) -> Sweep:
     pts = tuple(
         SweepPoint(k, tuple(str(i) for i in range(k)), a, a, m, 0)

@@ -320,3 +320,32 @@ def test_repair_errors():
         repair(model, ["2"], method="bn")
     with pytest.raises(ValueError, match="'linear'.*loader"):
         repair(model, ["2"], None, method="linear")
+
+
+def test_linear_repair_puts_no_patch_in_place_of_a_faded_block(tmp_path):
+    import lacoot
+
+    spec = {"name": "resnet20", "num_classes": 3, "in_channels": 1,
+            "kwargs": {"widths": [4, 4, 8]}}  # fmt: skip
+    torch.manual_seed(0)
+    model = create(spec["name"], num_classes=3, in_channels=1, **spec["kwargs"]).eval()
+    x = torch.randn(16, 1, 8, 8)
+    loader = _loader(x, 8)
+    faded = ["layer1.1"]
+    # only the faded block removed: no patch at all, the plain collapse (batch norm re-estimated)
+    only = repair(model, faded, loader, "linear", 16, identities=faded).eval()
+    assert not any(isinstance(m, LinearPatch) for m in only.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(only(x), repair(model, faded, loader, "bn", 16).eval()(x))
+    assert count_macs(only, x[:1]) == count_macs(remove_blocks(model, faded), x[:1])
+    # with another block: that one patched, fitted on the model without the faded one
+    both = repair(model, ["layer1.1", "layer3.2"], loader, "linear", 16, identities=faded).eval()
+    patches = [n for n, m in both.named_modules() if isinstance(m, LinearPatch)]
+    assert patches == ["layer3.2"]
+    base = lacoot.blocks.identity_blocks(model, faded)
+    expected = recalibrate_bn(linear_patch(base, ["layer3.2"], loader, 16), loader, 16).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(both(x), expected(x))
+    lacoot.save_model(tmp_path / "s.pt", both, spec, ["layer1.1", "layer3.2"])  # reloads alike
+    with torch.no_grad():
+        torch.testing.assert_close(lacoot.load(tmp_path / "s.pt").eval()(x), both(x))

@@ -277,6 +277,7 @@ def sweep(
     calib_samples: int = 2048,
     progress: Callable[[str], None] | None = None,
     evaluate: Metric | None = None,
+    identities: Sequence[str] = (),
 ) -> Sweep:
     """Remove blocks cumulatively in score order and measure every step ``k = 0..K``.
 
@@ -306,6 +307,9 @@ def sweep(
         Calibration data of the repair; ``val_loader`` by default.
     calib_samples : int
         Calibration images per repair.
+    identities : sequence of str
+        Blocks the training already replaced by the identity (faded out): the ``"linear"``
+        repair puts no patch in their place (:func:`lacoot.repair.repair`).
     progress : callable, optional
         Called with a short message after each measured ``k``.
     evaluate : callable, optional
@@ -336,7 +340,13 @@ def sweep(
     if repair != "none":
         models = [model] + [
             repair_model(
-                model, order[:k], calib, method=repair, n_samples=calib_samples, collapsed=plain[k]
+                model,
+                order[:k],
+                calib,
+                method=repair,
+                n_samples=calib_samples,
+                collapsed=plain[k],
+                identities=identities,
             )  # fmt: skip
             for k in range(1, len(plain))
         ]

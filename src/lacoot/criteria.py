@@ -46,8 +46,10 @@ __all__ = [
 
 BatchScore = Callable[[Tensor, Tensor, int], Tensor]
 StaticScore = Callable[[Sequence[Block], int], dict[str, float]]
-# (model, blocks, calibration loader, repair, calibration samples, progress, evaluate=...)
-# -> scores; ``evaluate`` (keyword) is the evaluation function a candidate is judged by
+# (model, blocks, calibration loader, repair, calibration samples, progress, evaluate=...,
+# [identities=...]) -> scores; ``evaluate`` (keyword) is the evaluation function a candidate is
+# judged by, ``identities`` (keyword, passed only when not empty) the blocks the training already
+# replaced by the identity, for the repair
 ModelScore = Callable[..., dict[str, float]]
 
 
@@ -173,6 +175,7 @@ def _greedy(
     calib_samples: int,
     progress: Callable[[str], None] | None = None,
     evaluate: Metric | None = None,
+    identities: Sequence[str] = (),
 ) -> dict[str, float]:
     from .repair import repair as repair_model
 
@@ -182,7 +185,10 @@ def _greedy(
     while len(remaining) > 1:
         accuracy = {
             b.name: evaluate(
-                repair_model(model, [*removed, b.name], loader, repair, calib_samples), loader
+                repair_model(
+                    model, [*removed, b.name], loader, repair, calib_samples, identities=identities
+                ),
+                loader,  # fmt: skip
             )
             for b in remaining
         }
@@ -218,6 +224,7 @@ def score_blocks(
     calib_samples: int = 2048,
     progress: Callable[[str], None] | None = None,
     evaluate: Metric | None = None,
+    identities: Sequence[str] = (),
 ) -> dict[str, float]:
     """Score every block; lower scores are removed first.
 
@@ -246,6 +253,9 @@ def score_blocks(
     evaluate : callable, optional
         ``fn(model, loader) -> float`` (higher is better) with which criteria that run models
         judge a candidate (:mod:`lacoot.metrics`; top-1 accuracy by default).
+    identities : sequence of str
+        For criteria that run repaired collapses: blocks the training already replaced by the
+        identity (faded out), which the ``"linear"`` repair does not patch.
 
     Returns
     -------
@@ -264,8 +274,9 @@ def score_blocks(
         from .repair import check_repair
 
         check_repair(repair)
+        extra = {"identities": list(identities)} if identities else {}
         return crit.model_score(
-            model, blocks, loader, repair, calib_samples, progress, evaluate=evaluate
+            model, blocks, loader, repair, calib_samples, progress, evaluate=evaluate, **extra
         )
     assert crit.batch_score is not None
     batch_score = crit.batch_score

@@ -287,11 +287,12 @@ def _refuse_earlier_report(out: Path, overwrite: bool) -> None:
 
 def _sweep_orders(
     model: nn.Module, found: list[Block], calib: Any, test: Any, example: torch.Tensor,
-    opts: CollapseConfig, seed: int, say: Any, memo: Memoized,
+    opts: CollapseConfig, seed: int, say: Any, memo: Memoized, faded: Sequence[str],
 ) -> tuple[dict[str, dict[str, float]], dict[str, Sweep]]:  # fmt: skip
     """Scores and sweep of every order (``opts.criterion`` first, then ``opts.compare``). One
     :class:`lacoot.metrics.Memoized` evaluation, ``memo``, serves them all: a collapse that the
-    ``greedy`` criterion judged, or that another order reaches too, is evaluated once."""
+    ``greedy`` criterion judged, or that another order reaches too, is evaluated once. The
+    ``faded`` blocks (the training's identities) get no linear patch."""
     sweeps: dict[str, Sweep] = {}
     scores: dict[str, dict[str, float]] = {}
     for name in [opts.criterion, *[c for c in opts.compare if c != opts.criterion]]:
@@ -299,6 +300,7 @@ def _sweep_orders(
         scores[name] = score_blocks(
             model, found, calib, criterion=name, seed=seed, repair=opts.repair,
             calib_samples=opts.calib_samples, progress=lambda msg: say(f"  {msg}"), evaluate=memo,
+            identities=faded,
         )  # fmt: skip
         timed = name == opts.criterion  # latency only for the chosen order: same per depth
         say(f"sweeping {name!r} order with repair {opts.repair!r}"
@@ -308,6 +310,7 @@ def _sweep_orders(
             latency_batch_sizes=opts.latency_batch_sizes if timed else (),
             repeats=opts.latency_repeats, repair=opts.repair, calib_samples=opts.calib_samples,
             progress=lambda msg, name=name: say(f"  {name}: {msg}"), evaluate=memo,
+            identities=faded,
         )  # fmt: skip
     say(f"{memo.hits} of {memo.calls} evaluations were of a collapse already measured")
     return scores, sweeps
@@ -372,10 +375,12 @@ def run_collapse(
     data, calib, spec = calibration_data(spec, dev, data_dir, seed)
     example = _example(state["image_shape"], dev, batch=1)
     say = _announcer(progress)
-    memo = Memoized(top1_accuracy)
-    scores, sweeps = _sweep_orders(model, found, calib, data.test, example, opts, seed, say, memo)
+    memo, faded = Memoized(top1_accuracy), list(state.get("faded") or [])
+    scores, sweeps = _sweep_orders(
+        model, found, calib, data.test, example, opts, seed, say, memo, faded
+    )
     main = sweeps[opts.criterion]
-    reference = _reference(model, state.get("faded") or [], calib, main.full, memo)
+    reference = _reference(model, faded, calib, main.full, memo)
     chosen: SweepPoint = (
         main.points[opts.blocks]
         if opts.blocks is not None
@@ -388,7 +393,9 @@ def run_collapse(
     )
     out.mkdir(parents=True, exist_ok=True)
     shallow = (
-        repair_model(model, chosen.removed, calib, opts.repair, opts.calib_samples)
+        repair_model(
+            model, chosen.removed, calib, opts.repair, opts.calib_samples, identities=faded
+        )
         if chosen.k
         else model
     )
@@ -472,7 +479,8 @@ def run_export(
         shallow = remove_blocks(model, removed, example).eval()
     else:
         _, calib, _ = calibration_data(spec, dev, data_dir, seed)
-        shallow = repair(model, removed, calib, opts.repair, opts.calib_samples).eval()
+        shallow = repair(model, removed, calib, opts.repair, opts.calib_samples,
+                         identities=state.get("faded") or []).eval()  # fmt: skip
     return export_model(shallow, output, fmt, example, state["model_spec"], removed, fold_bn,
                         optimize=optimize)  # fmt: skip
 

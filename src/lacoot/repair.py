@@ -36,6 +36,7 @@ from .blocks import (
     _names,
     _split,
     flow_tensor,
+    identity_blocks,
     remove_blocks,
 )
 from .inputs import batch_size, call_model, first_samples, to_device
@@ -441,6 +442,7 @@ def repair(
     n_samples: int = 1024,
     *,
     collapsed: nn.Module | None = None,
+    identities: Iterable[str] = (),
 ) -> nn.Module:
     """The collapsed and repaired model, from the original full model and the blocks to remove.
 
@@ -462,6 +464,12 @@ def repair(
     collapsed : nn.Module, optional
         ``remove_blocks(model, removed, ...)`` already built and checked (as a sweep has it):
         the ``"none"`` and ``"bn"`` repairs start from it instead of removing again.
+    identities : iterable of str
+        Blocks the training already replaced by the identity (faded out,
+        :class:`lacoot.fade.Fade`): the layers after them learnt on their input, so ``"linear"``
+        puts no patch in their place (a patch would bring back the block's own output) but
+        :class:`lacoot.blocks.CollapsedBlock`, and fits the other patches on the model without
+        them.
 
     Returns
     -------
@@ -478,7 +486,10 @@ def repair(
         raise ValueError(f"method={method!r} needs a calibration loader; got loader=None")
     names = _names(removed)
     if method == "linear":
-        return recalibrate_bn(linear_patch(model, names, loader, n_samples), loader, n_samples)
+        gone = [n for n in names if n in set(identities)]
+        base = identity_blocks(model, gone) if gone else model
+        patched = linear_patch(base, [n for n in names if n not in gone], loader, n_samples)
+        return recalibrate_bn(patched, loader, n_samples)
     if collapsed is None:
         example = None
         if loader is not None:  # a few samples to check each deletion (remove_blocks)
