@@ -49,6 +49,7 @@ import torch
 
 from lacoot._io import atomic_write_text
 from lacoot.blocks import Block, remove_blocks
+from lacoot.checkpoint import faded_blocks
 from lacoot.collapse import stages, sweep
 from lacoot.criteria import score_blocks
 from lacoot.metrics import Memoized, top1_accuracy
@@ -272,16 +273,18 @@ def evaluate_collapses(
     sweeps: dict[str, Any] = {}
     scores: dict[str, Any] = {}
     memo = Memoized(top1_accuracy)  # orders and repairs share collapses: each evaluated once
+    faded = faded_blocks(state)  # removed outright: a linear patch would bring them back
     for order in orders:
         t0 = time.perf_counter()
         scores[order] = score_blocks(
             model, blocks, data.val, criterion=order, seed=seed, repair="bn", calib_samples=calib,
-            evaluate=memo,
+            evaluate=memo, identities=faded,
         )  # fmt: skip
         for repair in REPAIRS:
             sw = sweep(
                 model, blocks, scores[order], data.val, data.test, latency_batch_sizes=(),
                 repair=repair, calib_loader=data.val, calib_samples=calib, evaluate=memo,
+                identities=faded,
             )  # fmt: skip
             sweeps[f"{order}/{repair}"] = sw.to_dict()
         print(
@@ -292,6 +295,7 @@ def evaluate_collapses(
         "blocks": [b.to_dict() for b in blocks],
         "full_macs": next(iter(sweeps.values()))["points"][0]["macs"],
         "targets": state["regularizer"].get("targets"),
+        "faded": faded,
         "history": state["history"],
         "train_config": state["train_config"],
         "scores": scores,

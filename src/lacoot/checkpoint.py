@@ -71,6 +71,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def faded_blocks(state: dict[str, Any]) -> list[str]:
+    """The blocks the checkpointed model computes without: a fade took them to the identity.
+
+    Read from ``state["faded"]``; a checkpoint written before lacoot recorded it says so through
+    its log instead: a blend of 1 in the last logged epoch faded the budget's targets.
+    """
+    if "faded" in state:
+        return list(state["faded"] or [])
+    history = state.get("history") or []
+    targets = (state.get("regularizer") or {}).get("targets")
+    if history and history[-1].get("fade") == 1.0 and targets:
+        return list(targets)
+    return []
+
+
 def rng_state() -> dict[str, Any]:
     """This process's torch (and CUDA) random states."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}

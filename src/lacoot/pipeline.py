@@ -24,7 +24,7 @@ from torch import nn
 from ._io import atomic_write_text
 from ._version import __version__
 from .blocks import Block, find_blocks, remove_blocks
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, faded_blocks, load_checkpoint
 from .collapse import Sweep, SweepPoint, sweep
 from .config import CollapseConfig, RunConfig
 from .criteria import score_blocks
@@ -375,7 +375,7 @@ def run_collapse(
     data, calib, spec = calibration_data(spec, dev, data_dir, seed)
     example = _example(state["image_shape"], dev, batch=1)
     say = _announcer(progress)
-    memo, faded = Memoized(top1_accuracy), list(state.get("faded") or [])
+    memo, faded = Memoized(top1_accuracy), faded_blocks(state)
     scores, sweeps = _sweep_orders(
         model, found, calib, data.test, example, opts, seed, say, memo, faded
     )
@@ -480,7 +480,7 @@ def run_export(
     else:
         _, calib, _ = calibration_data(spec, dev, data_dir, seed)
         shallow = repair(model, removed, calib, opts.repair, opts.calib_samples,
-                         identities=state.get("faded") or []).eval()  # fmt: skip
+                         identities=faded_blocks(state)).eval()  # fmt: skip
     return export_model(shallow, output, fmt, example, state["model_spec"], removed, fold_bn,
                         optimize=optimize)  # fmt: skip
 
