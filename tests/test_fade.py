@@ -78,7 +78,7 @@ def test_fade_schedule_rises_over_the_first_half_of_its_span_then_holds() -> Non
         TrainConfig(fade=1, target_blocks=1)
 
 
-def test_a_faded_budget_run_ends_without_its_targets(tmp_path) -> None:
+def test_a_faded_budget_run_ends_without_its_targets_and_records_them(tmp_path) -> None:
     torch.manual_seed(0)
     model = residual_mlp(units=4)
     loader = _data()
@@ -89,8 +89,13 @@ def test_a_faded_budget_run_ends_without_its_targets(tmp_path) -> None:
                    progress=False)  # fmt: skip
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     targets = state["regularizer"]["targets"]
-    assert result.faded == targets == result.penalized == state["faded"]
+    assert result.faded == targets == result.penalized == state["faded"] == faded_blocks(state)
     assert [row.get("fade") for row in result.history] == [None, None, 1.0, 1.0]
+    old = {k: v for k, v in state.items() if k != "faded"}  # written before "faded" existed
+    assert faded_blocks(old) == targets
+    old["history"] = [row | {"fade": 0.5} for row in old["history"]]  # still blending: not gone
+    assert faded_blocks(old) == []
+    assert faded_blocks({"history": [], "regularizer": {"targets": None}}) == []
     x = torch.cat([b[0] for b in loader[:2]])
     with torch.no_grad():
         collapsed = lacoot.remove_blocks(model, targets)
@@ -104,24 +109,6 @@ def test_a_faded_budget_run_ends_without_its_targets(tmp_path) -> None:
         assert ref["model"] == whose and ref["faded"] == targets
         assert ref["faded_val_accuracy"] == pytest.approx(result.history[-1]["val_accuracy"])
         assert ref["val_accuracy"] == max(full, ref["faded_val_accuracy"])
-
-
-def test_faded_blocks_read_from_the_checkpoint_or_from_an_old_ones_log(tmp_path) -> None:
-    torch.manual_seed(0)
-    model = residual_mlp(units=4)
-    loader = _data()
-    blocks = lacoot.find_blocks(model, loader[0][0][:2])
-    cfg = TrainConfig(epochs=2, lam=1.0, target_blocks=1, target_warmup=1, fade=0.5,
-                      schedule="constant", lr=0.01)  # fmt: skip
-    train(model, blocks, loader, loader[:2], cfg, out_dir=tmp_path, device="cpu", progress=False)
-    state = load_checkpoint(tmp_path / "checkpoint.pt")
-    targets = state["regularizer"]["targets"]
-    assert len(targets) == 1 and faded_blocks(state) == targets == state["faded"]
-    old = {k: v for k, v in state.items() if k != "faded"}  # written before "faded" existed
-    assert faded_blocks(old) == targets
-    old["history"] = [row | {"fade": 0.5} for row in old["history"]]  # still blending: not gone
-    assert faded_blocks(old) == []
-    assert faded_blocks({"history": [], "regularizer": {"targets": None}}) == []
 
 
 def test_fade_on_named_blocks_without_a_penalty() -> None:
