@@ -126,6 +126,9 @@ def screening_jobs(epochs: int) -> list[Job]:
         config = f"raw-tgt4-1-fade0.6-lazy{every}"
         jobs.append(Job(f"screen-{config}", "screen", epochs, faded | {"penalty_every": every},
                         config=config))  # fmt: skip
+    stopx = faded | {"stop_input_grad": True}  # each block's input a fixed target
+    jobs.append(Job("screen-raw-tgt4-1-fade0.6-stopx", "screen", epochs, stopx,
+                    config="raw-tgt4-1-fade0.6-stopx"))  # fmt: skip
     return jobs
 
 
@@ -184,6 +187,10 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             Job(f"main-{config}", "main", epochs, budget4 | {"target_blocks": k, "lam": lam,
                 "escalate": esc, "fade": fade} | extra, config=config)
         )  # fmt: skip
+    jobs.append(  # lacoot run's mechanism, each block's input a fixed target of the penalty
+        Job("main-budget4-rnd1-fade0.6-stopx", "main", epochs, budget4 | {"target_blocks": 4,
+            "lam": 1.0, "fade": 0.6, "stop_input_grad": True}, config="budget4-rnd1-fade0.6-stopx")
+    )  # fmt: skip
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "distance": "cosine"}, config="budget6-cos3")

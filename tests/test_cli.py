@@ -100,7 +100,8 @@ def test_sigint_checkpoints_exits_130_and_resumes(work: Path, uninterrupted) -> 
 def test_penalty_flags_reach_the_regulariser(work: Path) -> None:
     lacoot_cmd(
         "train", "--epochs", "2", "--out", "tgt", "--relative", "--target-blocks", "2",
-        "--target-warmup", "1", "--method", "random", "--lam", "2", "--fade", "0.5", *TINY[:3],
+        "--target-warmup", "1", "--method", "random", "--lam", "2", "--fade", "0.5",
+        "--stop-input-grad", *TINY[:3],
         "--no-progress",
         *NARROW, cwd=work,
     )  # fmt: skip
@@ -108,6 +109,7 @@ def test_penalty_flags_reach_the_regulariser(work: Path) -> None:
     tc = state["train_config"]
     assert tc["relative"] is True and tc["target_blocks"] == 2 and tc["method"] == "random"
     assert tc["fade"] == 0.5 and state["history"][-1]["fade"] == 1.0  # faded out by the end
+    assert tc["stop_input_grad"] is True
     targets = state["regularizer"]["targets"]
     assert len(targets) == 2
     assert sorted(k for k in state["history"][-1] if k.startswith("msw/")) == sorted(

@@ -393,3 +393,36 @@ def test_penalty_of_a_channels_last_model_equals_the_contiguous_one(options: dic
         msw = max_sliced_wasserstein(X, Y, n_projections=50, seed=5)
         # the spread by power iteration (20 steps) is within 1e-4 of the exact one
         torch.testing.assert_close(value, msw / principal_spread(X), rtol=1e-4, atol=0)
+
+
+class _Constant(torch.nn.Module):
+    """A block whose output does not depend on its input: ``(B, d) -> (B, d)``."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.randn(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c.expand_as(x) + 0.1 * torch.arange(x.shape[0]).unsqueeze(1)
+
+
+@pytest.mark.parametrize("method", ["random", "ascent"])
+def test_a_stopped_input_gradient_reaches_the_block_only(method: str) -> None:
+    # the block's output ignores its input, so with the input stopped nothing reaches the stem;
+    # the value and the block's own gradient are the same either way
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), _Constant(6))
+    x = torch.randn(32, 4)
+    got = {}
+    for stop in (False, True):
+        net = copy.deepcopy(model)
+        with lacoot.MSWRegularizer(net, ["1"], method=method, seed=0,
+                                   stop_input_grad=stop) as reg:  # fmt: skip
+            net(x)
+            value = reg.penalty()
+            value.backward()
+        got[stop] = (float(value.detach()), net[0].weight.grad, net[1].c.grad)
+    assert got[True][0] == pytest.approx(got[False][0], rel=1e-6)
+    torch.testing.assert_close(got[True][2], got[False][2], rtol=1e-5, atol=1e-7)
+    assert float(got[False][1].abs().sum()) > 0
+    assert got[True][1] is None or float(got[True][1].abs().sum()) == 0.0

@@ -104,6 +104,18 @@ def test_budget_targeted_run_penalises_exactly_the_chosen_blocks(tmp_path) -> No
         assert sorted(k for k in row if k.startswith("msw/")) == sorted(f"msw/{t}" for t in targets)
 
 
+def test_the_penalty_options_reach_the_regulariser() -> None:
+    from lacoot.train import _penalty_on
+
+    model = residual_mlp(units=2)
+    blocks = lacoot.find_blocks(model, _data()[0][0][:2])
+    for flag in (False, True):
+        cfg = TrainConfig(stop_input_grad=flag, relative=flag, lam=0.5, target_macs=1.0)
+        reg = _penalty_on(model, blocks, None, cfg, 4)
+        assert (reg.stop_input_grad, reg.relative, reg.lam) == (flag, flag, 0.5)
+        reg.close()
+
+
 def test_lambda_warmup_ramps_linearly_per_step(monkeypatch) -> None:
     from lacoot.regularizer import MSWRegularizer
     from lacoot.train import lam_at

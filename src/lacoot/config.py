@@ -295,6 +295,9 @@ class TrainConfig(Options):
                            choices=_distances)  # fmt: skip
     relative: bool = option(False, "divide each block's MSW by its input's principal spread "
                             "(scale-free penalty)")  # fmt: skip
+    stop_input_grad: bool = option(False, "treat each block's input as a fixed target of the "
+                                   "penalty: MSW(stop_grad(X), Y) moves the output towards the "
+                                   "input, not the input towards the output")  # fmt: skip
     penalize: tuple[str, ...] = option((), "glob patterns of the blocks to penalise, e.g. "
                                        "'layer*.2' (default: all blocks)")  # fmt: skip
     target_blocks: int | None = option(

@@ -245,6 +245,11 @@ class MSWRegularizer:
         cap may be changed between steps (the trainer keeps ``learning rate x weight`` at most
         the peak learning rate: a weight 32 times the penalty's at the peak of a one-cycle
         schedule made a resnet20 training diverge); a weight above it counts as the cap.
+    stop_input_grad : bool
+        Treat each block's input as a fixed target: ``MSW(stop_grad(X), Y)``, so the penalty moves
+        the block's output towards its input and not the input (the layers before the block)
+        towards the output. The gradient still reaches earlier layers through ``Y`` (a residual
+        block's skip connection among them). Default: through both.
     gather : bool
         Under ``torch.distributed`` (DDP), compute each distance on the global batch: the block
         inputs and outputs of every rank are gathered (gradients flowing back to each rank), so
@@ -275,6 +280,7 @@ class MSWRegularizer:
         escalate: float | None = None,
         escalate_rate: float = 1.01,
         max_weight: float = MAX_WEIGHT,
+        stop_input_grad: bool = False,
     ) -> None:
         if not lam >= 0:
             raise ValueError(f"lam={lam!r} is negative or NaN; expected lam >= 0")
@@ -301,6 +307,7 @@ class MSWRegularizer:
         self.gather = bool(gather)
         self.kind = distance
         self.relative = bool(relative)
+        self.stop_input_grad = bool(stop_input_grad)
         self.steps = 0
         self.escalate = escalate
         self.escalate_rate = float(escalate_rate)
@@ -313,7 +320,7 @@ class MSWRegularizer:
         self._handles = block_io_hooks(model, blocks, self._capture)
 
     def _capture(self, name: str, x: Tensor, y: Tensor) -> None:
-        self._captured[name] = (x, y)
+        self._captured[name] = (x.detach() if self.stop_input_grad else x, y)
 
     def distance(self, name: str, x: Tensor, y: Tensor, layout: Layout | None = None) -> Tensor:
         """``MSW(x, y)`` of one block with samples flattened: ``x, y: (B, ...)`` -> scalar.

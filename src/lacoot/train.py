@@ -235,6 +235,7 @@ def _penalty_on(
         seed=cfg.seed,
         gather=cfg.global_msw,
         relative=cfg.relative,
+        stop_input_grad=cfg.stop_input_grad,
         distance=cfg.distance,
         escalate=cfg.escalate if targets is not None or cfg.penalize else None,
         escalate_rate=2.0 ** (cfg.penalty_every / steps_per_epoch),
