@@ -132,8 +132,11 @@ def screening_jobs(epochs: int) -> list[Job]:
     return jobs
 
 
-def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
-    """The main jobs that do not depend on the screening."""
+def main_jobs(
+    epochs: int, blocks: list[Block], scratch_k: tuple[int, ...] = SCRATCH_K
+) -> list[Job]:
+    """The main jobs that do not depend on the screening; the from-scratch nets at ``scratch_k``
+    removed blocks."""
     order = spread_order(blocks)
     last_of_stage = order[: len({b.shape for b in blocks})]
     paper = {"lam": 5.0, "method": "random", "n_projections": 50, "penalize": last_of_stage}
@@ -191,6 +194,10 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
         Job("main-budget4-rnd1-fade0.6-stopx", "main", epochs, budget4 | {"target_blocks": 4,
             "lam": 1.0, "fade": 0.6, "stop_input_grad": True}, config="budget4-rnd1-fade0.6-stopx")
     )  # fmt: skip
+    jobs.append(  # lacoot run's own configuration: a MACs budget, whatever the depth of the model
+        Job("main-macs0.55-rnd1-fade0.6", "main", epochs, budget4 | {"target_blocks": None,
+            "target_macs": 0.55, "lam": 1.0, "fade": 0.6}, config="macs0.55-rnd1-fade0.6")
+    )  # fmt: skip
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "distance": "cosine"}, config="budget6-cos3")
@@ -200,7 +207,7 @@ def main_jobs(epochs: int, blocks: list[Block]) -> list[Job]:
             Job(f"main-budget{k}-rnd{lam:g}", "main", epochs,
                 budget4 | {"target_blocks": k, "lam": lam}, config=f"budget{k}-rnd{lam:g}")
         )  # fmt: skip
-    for k in SCRATCH_K:
+    for k in scratch_k:
         jobs.append(
             Job(f"main-scratch-k{k}", "main", epochs, {"lam": 0.0}, scratch=order[:k],
                 config=f"scratch-k{k}")
@@ -385,6 +392,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--screen-epochs", type=int, default=4)
     p.add_argument("--main-epochs", type=int, default=15)
+    p.add_argument("--scratch-k", type=int, nargs="+", default=list(SCRATCH_K),
+                   help="removed blocks of the shallow nets trained from scratch")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     p.add_argument("--device", default="auto")
@@ -431,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
 
     probe = build_model(spec)
     blocks = find_blocks(probe, torch.zeros(2, 1, 28, 28))
-    queue = main_jobs(args.main_epochs, blocks) + screening_jobs(args.screen_epochs)
+    queue = main_jobs(args.main_epochs, blocks, tuple(args.scratch_k))
+    queue += screening_jobs(args.screen_epochs)
     if args.only is not None:
         queue = [j for j in queue if j.name in args.only]
     for packed in args.unpack:  # trained elsewhere: evaluate here
