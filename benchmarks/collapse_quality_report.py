@@ -259,7 +259,8 @@ def point_label(p: dict[str, Any] | None) -> str:
 
 def md_targets(t: dict[str, Any]) -> list[str]:
     """The section "Targets": one verdict per target, with its numbers."""
-    head = (f"Seed {t['seed']}; resnet20, one LaCoOT training, no gradient step after it. "
+    head = (f"Seed {t['seed']}; the model and schedule above, one LaCoOT training, no gradient "
+            "step after it. "
             "Orders, repairs and models chosen on validation accuracy; test accuracy reported. "
             "MACs: those of the chosen point (linear patches add some).\n")  # fmt: skip
     return ["## Targets\n", head, *md_target_1(t["T1"]), *md_target_2(t["T2"]),
