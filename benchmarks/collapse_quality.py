@@ -11,7 +11,8 @@ Trains, in parallel worker processes (one GPU is shared well by several small tr
   screening ends), the paper-faithful configuration (50 random directions, lambda 5, raw MSW, the
   last block of each stage), penalties aimed at 4 blocks (``spread4-*``: the 4 blocks the
   from-scratch net of ``k = 4`` lacks, by name; ``budget4-*``: a 4-block budget chosen after a
-  warm-up epoch), and the shallow networks at ``k`` = 2, 4, 6 trained from scratch with the same
+  warm-up epoch), ``lacoot run``'s own MACs budget (``macs0.55-*``, for any depth), and the
+  shallow networks at ``k`` = 2, 4, 6 (``--scratch-k``) trained from scratch with the same
   schedule (architecture: blocks removed stage by stage from the deepest, see
   :func:`spread_order`).
 
