@@ -52,6 +52,7 @@ from lacoot._io import atomic_write_text
 from lacoot.blocks import Block, remove_blocks
 from lacoot.checkpoint import faded_blocks
 from lacoot.collapse import stages, sweep
+from lacoot.config import TrainConfig
 from lacoot.criteria import score_blocks
 from lacoot.metrics import Memoized, top1_accuracy
 from lacoot.ot import max_sliced_wasserstein
@@ -195,10 +196,9 @@ def main_jobs(
         Job("main-budget4-rnd1-fade0.6-stopx", "main", epochs, budget4 | {"target_blocks": 4,
             "lam": 1.0, "fade": 0.6, "stop_input_grad": True}, config="budget4-rnd1-fade0.6-stopx")
     )  # fmt: skip
-    jobs.append(  # lacoot run's own configuration: a MACs budget, whatever the depth of the model
-        Job("main-macs0.55-rnd1-fade0.6", "main", epochs, budget4 | {"target_blocks": None,
-            "target_macs": 0.55, "lam": 1.0, "fade": 0.6}, config="macs0.55-rnd1-fade0.6")
-    )  # fmt: skip
+    run = TrainConfig()  # lacoot run's own configuration: a MACs budget, whatever the depth
+    config = f"macs{run.target_macs:g}-rnd{run.lam:g}-fade{run.fade:g}"
+    jobs.append(Job(f"main-{config}", "main", epochs, {}, config=config))
     jobs.append(  # the pointwise cosine distance in place of MSW (not the paper's)
         Job("main-budget6-cos3", "main", epochs, budget4 | {"target_blocks": 6, "lam": 3.0,
             "distance": "cosine"}, config="budget6-cos3")
