@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "safe_torch_load",
     "rng_state",
     "set_rng_state",
     "save_training",
@@ -48,19 +52,50 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def safe_torch_load(
+    path: str | os.PathLike, what: str, writer: str, map_location: str | torch.device = "cpu"
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear line for each way it fails: no
+    such file, a folder, not a file ``torch.save`` wrote (or a truncated one), or a file holding
+    Python objects whose loading would run code (a whole model saved with ``torch.save``).
+    ``what`` names the file (``"checkpoint"``) and ``writer`` the command that writes one."""
+    path = Path(path)
+    expected = f"expected a file written by {writer}"
+    if path.is_dir():
+        hint = " (such as " + str(path / "checkpoint.pt") + ")" if what == "checkpoint" else ""
+        raise CheckpointError(f"{what} {str(path)!r} is a folder; {expected}{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {str(path)!r} does not exist; {expected}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{what} {str(path)!r} is not a file torch.save wrote, or it is truncated; {expected}"
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        holds = f" ({found[1]})" if found else ""
+        raise CheckpointError(
+            f"{what} {str(path)!r} holds Python objects{holds}, such as a whole model saved "
+            f"with torch.save(model); lacoot does not load them, since loading would run code "
+            f"from the file; {expected}"
+        ) from None
+    except Exception as exc:  # a damaged archive
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{what} {str(path)!r} cannot be read safely ({_plain(first)}); {expected}"
+        ) from None
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a lacoot checkpoint safely (``weights_only=True``: no code is unpickled)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, code-carrying pickle...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read safely ({first}); expected a file written "
-            "by lacoot"
-        ) from None
+    state = safe_torch_load(path, "checkpoint", "lacoot train", map_location)
     if not isinstance(state, dict) or "format" not in state or "model" not in state:
         raise CheckpointError(f"{str(path)!r} is not a lacoot checkpoint (no format/model entry)")
     if state["format"] > CHECKPOINT_FORMAT:

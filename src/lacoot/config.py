@@ -32,6 +32,7 @@ __all__ = [
 DEFAULT_MAX_DROP = 1.0  # percentage points: the budget of `lacoot run` when none is given
 DEFAULT_TARGET_MACS = 0.55  # penalise the blocks whose removal brings the MACs to 55%
 BUDGETS = ("max_drop", "max_macs", "max_latency", "blocks")  # CollapseConfig's budget options
+VAL_FROM = ("val", "train")  # the splits that may score, choose and calibrate
 DEFAULT_FADE = 0.6  # fade the blocks meant to go out over the last 60% of the training
 
 
@@ -228,6 +229,10 @@ def _positive(v: float) -> bool:
     return v > 0
 
 
+def _finite_positive(v: float) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
 def _count(v: int) -> bool:
     return v >= 1
 
@@ -252,7 +257,8 @@ class TrainConfig(Options):
     )  # fmt: skip
     optimizer: str = option("sgd", "optimiser: sgd (momentum, nesterov) or adamw",
                             choices=("sgd", "adamw"))  # fmt: skip
-    lr: float = option(0.1, "peak learning rate", check=_positive, expect="lr > 0")
+    lr: float = option(0.1, "peak learning rate", check=_finite_positive,
+                       expect="a finite learning rate > 0, such as 0.1")  # fmt: skip
     momentum: float = option(0.9, "SGD momentum", check=lambda v: 0 <= v < 1,
                              expect="0 <= momentum < 1")  # fmt: skip
     nesterov: bool = option(True, "Nesterov momentum")
@@ -462,6 +468,11 @@ class _Job(Options):
     val_fraction: float = option(0.1, "fraction of the training set held out for validation "
                                  "and scoring", check=lambda v: 0 <= v < 1,
                                  expect="0 <= value < 1")  # fmt: skip
+    val_from: str = option(
+        "val", "the split that scores the blocks, chooses the collapse and calibrates the repair: "
+        "val (held out by --val-fraction) or train (only with --val-fraction 0; the report says "
+        "that its accuracies are of the training split)", choices=VAL_FROM,
+    )  # fmt: skip
     batch_size: int = option(128, "training batch size (the global batch under torchrun)",
                              check=lambda v: v >= 2, expect="an integer >= 2")  # fmt: skip
     augment: bool = option(True, "random crop with padding (+ flip where label-preserving) on "
@@ -482,6 +493,25 @@ class RunConfig(CollapseConfig, TrainConfig, _Job):
 
     def collapse_config(self) -> CollapseConfig:
         return self.subset(CollapseConfig)
+
+    def _check(self) -> None:
+        if self.val_from == "train" and self.val_fraction > 0:
+            raise ValueError(
+                f"val_from='train' with val_fraction={self.val_fraction!r}: a validation split "
+                "is held out, so it scores and chooses; expected val_from='val', or "
+                "val_fraction=0"
+            )
+        super()._check()
+
+    def check_val_split(self, what: str) -> None:
+        """``ValueError`` when ``what`` (a step that scores or chooses) would run on the
+        training split without ``val_from='train'`` saying so."""
+        if self.val_fraction == 0 and self.val_from != "train":
+            raise ValueError(
+                f"val_fraction=0 holds out no validation split, but {what}; expected "
+                "val_fraction > 0 (such as 0.1), or val_from='train' to use the training split "
+                "(the report then says so)"
+            )
 
     def data_spec(self) -> dict[str, Any]:
         return {

@@ -2,19 +2,24 @@
 
 The ``lacoot`` command is a thin layer over these. A run is described by a :class:`RunConfig`
 (flat keys, the same names as the command-line options) that is saved beside its results, and every
-checkpoint records how to rebuild its model and its data splits, so later steps need only the
-checkpoint.
+checkpoint records how to rebuild its model and its data splits, the input normalisation its model
+expects and a fingerprint of its data, so later steps need only the checkpoint.
+
+Every step writes into an output folder held with :class:`lacoot.outdir.OutputFolder`: locked
+while it runs, nothing replaced that an earlier command did not write there, nothing left behind
+by a step that is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
+import re
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +27,17 @@ import torch
 from torch import nn
 
 from ._io import atomic_write_text
-from ._version import __version__
 from .blocks import Block, find_blocks, remove_blocks
 from .checkpoint import CheckpointError, faded_blocks, load_checkpoint
 from .collapse import Sweep, SweepPoint, sweep
 from .config import CollapseConfig, RunConfig
 from .criteria import score_blocks
 from .device import resolve_device
-from .distributed import barrier, env_rank, init_from_env, shutdown
+from .distributed import barrier, broadcast_object, env_rank, info, init_from_env, shutdown
 from .metrics import Memoized, top1_accuracy
-from .profile import count_macs
+from .outdir import OutputFolder, command_line
+from .profile import count_macs, recording_latencies
+from .provenance import environment, latency_conditions, load_average
 from .train import train
 
 __all__ = [
@@ -41,6 +47,8 @@ __all__ = [
     "build_model",
     "model_from_checkpoint",
     "calibration_data",
+    "recorded_options",
+    "resume_differences",
     "run_training",
     "run_scoring",
     "run_collapse",
@@ -50,19 +58,42 @@ __all__ = [
 ]
 
 
-COLLAPSE_OUTPUTS = ("report.json", "report.md", "accuracy_vs_macs.png", "shallow.pt")
+TRAIN_OUTPUTS = ("checkpoint.pt", "log.json", "log.csv", "tensorboard", "config.json")
+COLLAPSE_OUTPUTS = (
+    "report.json", "report.md", "accuracy_vs_macs.png", "shallow.pt", "shallow.pt.json",
+)  # fmt: skip
+RUN_OUTPUTS = (*TRAIN_OUTPUTS, *COLLAPSE_OUTPUTS, "config.yaml")
+SCORE_OUTPUTS = ("scores.json",)
+RESUME_FREE = ("device", "progress", "out", "data_dir")  # may differ on resume (data: fingerprint)
 
 
 # -------------------------------------------------------------------------------------- data
 @dataclass
 class Data:
-    """Loaders of the three splits and the shape of one sample."""
+    """Loaders of the three splits, the shape of one sample, the input normalisation the model
+    sees (:func:`preprocessing`) and fingerprints of the training and test data."""
 
     train: Any
     val: Any
     test: Any
     num_classes: int
     image_shape: tuple[int, int, int]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, str] = field(default_factory=dict)
+
+
+def preprocessing(train_set: Any) -> dict[str, Any]:
+    """What a model trained on ``train_set``'s split expects as input: float images ``(N, C, H,
+    W)``, ``x = (pixel / 255 - mean) / std`` per channel with the training split's statistics,
+    and what its outputs mean (the class names)."""
+    c = train_set.image_shape[0]
+    return {
+        "input_shape": list(train_set.image_shape), "layout": "NCHW", "dtype": "float32",
+        "channel_order": {1: "grayscale", 3: "RGB"}.get(c, f"{c} channels"),
+        "scale": "pixel / 255 (values in [0, 1])", "mean": list(train_set.mean),
+        "std": list(train_set.std), "normalize": "x = (pixel / 255 - mean) / std, per channel",
+        "class_names": list(train_set.classes),
+    }  # fmt: skip
 
 
 def prepare_data(
@@ -91,6 +122,7 @@ def prepare_data(
         )
     full = load_dataset(spec["dataset"], "train", spec.get("data_dir"))
     train_set, val_set = train_val_split(full, spec["val_fraction"], seed=spec["split_seed"])
+    _check_batch(bs, len(train_set), len(val_set))
     test_set = load_dataset(spec["dataset"], "test", spec.get("data_dir"))
     test_set = test_set.with_stats(train_set.mean, train_set.std)
     common = {"device": device, "mean": train_set.mean, "std": train_set.std}
@@ -105,29 +137,68 @@ def prepare_data(
             rank=rank,
             world_size=world_size,
             **common,
-        ),
+        ),  # fmt: skip
         val=TensorLoader(val_set, 512, shuffle=False, **common) if len(val_set) else None,
         test=TensorLoader(test_set, 512, shuffle=False, **common),
         num_classes=full.num_classes,
         image_shape=full.image_shape,
+        preprocessing=preprocessing(train_set),
+        fingerprint={"train": full.fingerprint(), "test": test_set.fingerprint()},
     )
+
+
+def _check_batch(batch_size: int, n_train: int, n_val: int) -> None:
+    """A training batch must fit in the training split (the last short batch is dropped)."""
+    if batch_size > n_train:
+        held = f" after holding out {n_val} for validation" if n_val else ""
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the training split ({n_train} images"
+            f"{held}), so an epoch would hold no batch; expected at most {n_train}"
+        )
 
 
 # ------------------------------------------------------------------------------------- model
 def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build a zoo model from ``{"name", "num_classes", "in_channels", "kwargs"}``."""
+    """Build a zoo model from ``{"name", "num_classes", "in_channels", "kwargs"}``; arguments
+    the model does not take are a ``ValueError`` naming them."""
     from .models import create
 
-    return create(
-        spec["name"],
-        num_classes=spec["num_classes"],
-        in_channels=spec["in_channels"],
-        **spec.get("kwargs", {}),
-    )
+    kwargs = spec.get("kwargs", {})
+    try:
+        return create(spec["name"], num_classes=spec["num_classes"],
+                      in_channels=spec["in_channels"], **kwargs)  # fmt: skip
+    except TypeError as exc:
+        if not kwargs:
+            raise
+        found = re.match(r"(\w+)\.__init__\(\)", str(exc))
+        where = f"lacoot.models.{found[1]}" if found else f"lacoot.models.create({spec['name']!r})"
+        raise ValueError(
+            f"model_args={kwargs!r} do not fit model {spec['name']!r} ({exc}); expected the "
+            f'keyword arguments of {where}, e.g. python -c "import lacoot.models as m; '
+            f'help(m.{found[1] if found else "create"})"'
+        ) from None
 
 
 def _example(image_shape: Sequence[int], device: torch.device, batch: int = 2) -> torch.Tensor:
     return torch.zeros(batch, *image_shape, device=device)
+
+
+def _mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
+    """How a state dict differs from a model's: counts and the first names of each kind."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in weights]
+    extra = [k for k in weights if k not in want]
+    shaped = [
+        f"{k} {tuple(weights[k].shape)} (model {tuple(want[k].shape)})"
+        for k in want
+        if k in weights and tuple(weights[k].shape) != tuple(want[k].shape)
+    ]
+    parts = []
+    for what, names in (("missing", missing), ("unexpected", extra), ("of another shape", shaped)):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{len(names)} weights {what}: {shown}")
+    return "; ".join(parts) or "the weights do not load"
 
 
 def model_from_checkpoint(
@@ -142,11 +213,11 @@ def model_from_checkpoint(
     model = build_model(state["model_spec"])
     try:
         model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+    except RuntimeError:
+        why = _mismatch(model, state["model"])
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit model {state['model_spec']['name']!r} "
-            f"with {state['model_spec']['num_classes']} classes ({first})"
+            f"with {state['model_spec']['num_classes']} classes ({why})"
         ) from None
     model.to(device).eval()
     blocks = find_blocks(model, _example(state["image_shape"], device))
@@ -154,106 +225,221 @@ def model_from_checkpoint(
 
 
 def calibration_data(
-    spec: dict[str, Any], device: torch.device, data_dir: str | None = None, seed: int = 0
-) -> tuple[Data, Any, dict[str, Any]]:
+    spec: dict[str, Any], device: torch.device, data_dir: str | None = None, seed: int = 0,
+    val_from: str = "val", what: str = "scoring",
+) -> tuple[Data, Any, dict[str, Any]]:  # fmt: skip
     """A checkpoint's data (``spec``, its folder overridden by ``data_dir``), its calibration
-    loader (the validation split, else the training split) and the spec actually used."""
+    loader and the spec actually used. The loader is the validation split; a checkpoint trained
+    without one (``val_fraction=0``) is a ``ValueError`` naming ``what`` unless ``val_from`` is
+    ``"train"``, which takes the training split instead."""
     if data_dir is not None:
         spec = {**spec, "data_dir": data_dir}
     data = prepare_data(spec, device, seed=seed)
+    if data.val is None and val_from != "train":
+        raise ValueError(
+            f"the checkpoint was trained with val_fraction=0: it has no validation split for "
+            f"{what}; expected a checkpoint trained with val_fraction > 0, or val_from='train' "
+            "to use the training split (the report then says so)"
+        )
+    if data.val is not None and val_from == "train":
+        raise ValueError(
+            f"val_from='train', but the checkpoint holds out a validation split "
+            f"(val_fraction={spec['val_fraction']}) for {what}; expected val_from='val'"
+        )
     return data, data.val if data.val is not None else data.train, spec
 
 
-# --------------------------------------------------------------------------------- environment
-def environment(device: torch.device) -> dict[str, Any]:
-    """What a result depends on besides its configuration."""
-    env = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "lacoot": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
+def _calib_count(loader: Any, asked: int) -> int:
+    """The calibration images a repair really gets: ``asked``, or fewer in a small split."""
+    n = getattr(loader, "n", None)
+    return min(asked, int(n)) if n is not None else asked
 
 
-def _check_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
-    if resume:
-        return
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"output folder {str(out)!r} already holds results; pass --overwrite to replace "
-            "them or --resume to continue"
+# ------------------------------------------------------------------------------ output folders
+def _on_rank0(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0; a ``ValueError``/``OSError`` it raises is raised on every rank (one
+    process decides, all agree). Returns rank 0's result (None elsewhere)."""
+    if not info().distributed:
+        return fn()
+    result, caught, error = None, None, None
+    if info().rank == 0:
+        try:
+            result = fn()
+        except (ValueError, OSError) as exc:
+            caught, error = exc, (type(exc).__name__, str(exc))
+    error = broadcast_object(error)
+    if caught is not None:
+        raise caught
+    if error is not None:
+        kind = {"FileExistsError": FileExistsError, "FolderBusyError": FileExistsError,
+                "CheckpointError": CheckpointError}.get(error[0], ValueError)  # fmt: skip
+        raise kind(error[1])
+    return result
+
+
+@contextmanager
+def _holding(folder: OutputFolder | None) -> Iterator[OutputFolder | None]:
+    """Close ``folder`` at the end (rolled back on an exception unless committed)."""
+    try:
+        yield folder
+    except BaseException:
+        if folder is not None:
+            folder.close(failed=True)
+        raise
+    if folder is not None:
+        folder.close()
+
+
+# ------------------------------------------------------------------------------------ resume
+def recorded_options(out: str | os.PathLike) -> dict[str, Any]:
+    """The options a run in ``out`` was trained with (read from its checkpoint; options added
+    to lacoot since mean what the older lacoot did); empty when there is no checkpoint."""
+    ckpt = Path(out) / "checkpoint.pt"
+    if not ckpt.is_file():
+        return {}
+    state = load_checkpoint(ckpt)
+    saved = state.get("run_config")
+    if saved is None:
+        return {}
+    return RunConfig.from_saved(json.loads(saved)).to_dict()
+
+
+def resume_differences(state: dict[str, Any], cfg: RunConfig, data: Data) -> list[str]:
+    """Every way the run ``cfg`` on ``data`` differs from the checkpoint ``state``: options
+    (``name=then (now now)``, all but :data:`RESUME_FREE`) and the data (fingerprints)."""
+    from .config import TrainConfig
+
+    saved = state.get("run_config")
+    now = cfg.to_dict()
+    if saved is not None:
+        then = RunConfig.from_saved(json.loads(saved)).to_dict()
+        diffs = [f"{k}={then[k]!r} (now {now[k]!r})" for k in now
+                 if k not in RESUME_FREE and then.get(k) != now[k]]  # fmt: skip
+    else:  # written before lacoot recorded its options
+        diffs = TrainConfig.differences(state.get("train_config"), cfg.train_config())
+    recorded = (state.get("data_fingerprint") or {}).get("train")
+    if recorded is not None and recorded != data.fingerprint["train"]:
+        diffs.append(
+            f"the training data (fingerprint {recorded}, now {data.fingerprint['train']} in "
+            f"data_dir={cfg.data_dir!r}): other images"
+        )
+    return diffs
+
+
+def _guard_resume(out: Path, cfg: RunConfig, data: Data, model_spec: dict[str, Any]) -> None:
+    """Refuse to resume ``out``'s checkpoint as another run, listing every difference."""
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise CheckpointError(f"cannot resume: no checkpoint at {ckpt}; start without --resume")
+    state = load_checkpoint(ckpt)
+    diffs = resume_differences(state, cfg, data)
+    if state.get("model_spec") not in (None, model_spec) and state.get("run_config") is None:
+        diffs.append(f"model {state.get('model_spec')} (now {model_spec})")
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume {str(ckpt)!r} with other options or data: {'; '.join(diffs)}; "
+            "pass --resume alone to continue with the recorded options, or start a new run "
+            "with --overwrite or another --out"
         )
 
 
 # ------------------------------------------------------------------------------------ steps
+def _model_spec(cfg: RunConfig, data: Data) -> dict[str, Any]:
+    return {"name": cfg.model, "num_classes": data.num_classes,
+            "in_channels": data.image_shape[0], "kwargs": dict(cfg.model_args)}  # fmt: skip
+
+
+def _check_targets(cfg: RunConfig, blocks: list[Block]) -> None:
+    """Budget and split checks that need the model: caught before anything is written."""
+    if cfg.target_blocks is not None and cfg.target_blocks > len(blocks):
+        raise ValueError(
+            f"target_blocks={cfg.target_blocks}, but model {cfg.model!r} has only {len(blocks)} "
+            f"collapsible blocks; expected 1..{len(blocks)}"
+        )
+    if cfg.targeted:
+        cfg.check_val_split("a budget's targets are chosen on it during the training "
+                            "(target_macs/target_blocks)")  # fmt: skip
+
+
 def run_training(
-    cfg: RunConfig, overwrite: bool = False, resume: bool = False
-) -> tuple[Path, list[dict[str, Any]]]:
+    cfg: RunConfig, overwrite: bool = False, resume: bool = False,
+    folder: OutputFolder | None = None,
+) -> tuple[Path, list[dict[str, Any]]]:  # fmt: skip
     """Train ``cfg.model`` on ``cfg.dataset`` with LaCoOT; return the checkpoint and history.
+
+    The output folder ``cfg.out`` is locked for the run (``folder``, when given, is one this
+    process already holds). A fresh run refuses a folder holding earlier results unless
+    ``overwrite`` (which clears what lacoot wrote there before), ``resume`` continues the
+    folder's checkpoint and refuses any other options or data (:func:`resume_differences`). A
+    run refused or failed before its first checkpoint leaves nothing behind.
 
     Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) this process joins the process
     group, trains its shard with DistributedDataParallel and leaves the group at the end; only
     rank 0 writes files.
     """
+    if overwrite and resume:
+        raise ValueError("overwrite and resume both given; expected one of them")
     out = Path(cfg.out)
-    tcfg = cfg.train_config()
     where, device, created = init_from_env(cfg.device)
     try:
-        _check_out_dir(out, overwrite, resume)  # every rank, before any rank writes
-        barrier()
-        data = prepare_data(
-            cfg.data_spec(), device, seed=cfg.seed, rank=where.rank, world_size=where.world_size
-        )
-        torch.manual_seed(cfg.seed)
-        model_spec = {
-            "name": cfg.model,
-            "num_classes": data.num_classes,
-            "in_channels": data.image_shape[0],
-            "kwargs": dict(cfg.model_args),
-        }
-        model = build_model(model_spec).to(device)
-        blocks = find_blocks(model, _example(data.image_shape, device))
-        if resume:
-            ckpt = out / "checkpoint.pt"
-            state = load_checkpoint(ckpt) if ckpt.exists() else None
-            if state is not None and state.get("model_spec") != model_spec:
-                raise CheckpointError(
-                    f"cannot resume {str(ckpt)!r}: it holds model {state.get('model_spec')}, "
-                    f"not {model_spec}"
-                )
-        if where.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
-        barrier()
-        result = train(
-            model,
-            blocks,
-            data.train,
-            data.val,
-            tcfg,
-            out_dir=out,
-            device=device,
-            resume=resume,
-            progress=cfg.progress,
-            meta={
-                "model_spec": model_spec,
-                "data_spec": cfg.data_spec(),
-                "image_shape": list(data.image_shape),
-                "run_config": json.dumps(cfg.to_dict()),
-            },
-        )
+        own = None if folder is not None else _on_rank0(
+            lambda: OutputFolder.open(out, command_line())
+        )  # fmt: skip
+        with _holding(own):
+            held = folder if folder is not None else own
+            return _train_in(cfg, out, held, device, where, overwrite, resume)
     finally:
         shutdown(created)
+
+
+def _train_in(
+    cfg: RunConfig, out: Path, folder: OutputFolder | None, device: torch.device, where: Any,
+    overwrite: bool, resume: bool,
+) -> tuple[Path, list[dict[str, Any]]]:  # fmt: skip
+    """:func:`run_training` inside its held folder (``folder`` is None on ranks other than 0)."""
+    if not resume:
+        _on_rank0(lambda: folder and folder.refuse_existing(
+            RUN_OUTPUTS, overwrite, whole=True, hint=" or --resume to continue"
+        ))  # fmt: skip
+    data = prepare_data(
+        cfg.data_spec(), device, seed=cfg.seed, rank=where.rank, world_size=where.world_size
+    )
+    torch.manual_seed(cfg.seed)
+    model_spec = _model_spec(cfg, data)
+    model = build_model(model_spec).to(device)
+    blocks = find_blocks(model, _example(data.image_shape, device))
+    _check_targets(cfg, blocks)
+    if resume:
+        _on_rank0(lambda: _guard_resume(out, cfg, data, model_spec))
+    elif folder is not None:
+        if overwrite:
+            folder.clear_previous(RUN_OUTPUTS, whole=True)
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    barrier()
+    meta = {
+        "model_spec": model_spec, "data_spec": cfg.data_spec(),
+        "image_shape": list(data.image_shape), "run_config": json.dumps(cfg.to_dict()),
+        "preprocessing": data.preprocessing, "data_fingerprint": data.fingerprint,
+        "environment": environment(device),
+    }  # fmt: skip
+    try:
+        result = train(model, blocks, data.train, data.val, cfg.train_config(), out_dir=out,
+                       device=device, resume=resume, progress=cfg.progress, meta=meta)  # fmt: skip
+    except BaseException:
+        if folder is not None and (out / "checkpoint.pt").is_file():
+            folder.commit()  # a checkpoint to resume from is worth keeping
+        raise
+    if folder is not None:
+        folder.commit()
     assert result.checkpoint is not None
     return result.checkpoint, result.history
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def run_scoring(
@@ -263,26 +449,25 @@ def run_scoring(
     data_dir: str | None = None,
     seed: int = 0,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    val_from: str = "val",
 ) -> dict[str, dict[str, float]]:
     """Scores of every block of a checkpoint's model on its validation split, per criterion;
-    also written to the JSON file ``out`` when given."""
-    dev = resolve_device(device)
-    state = load_checkpoint(checkpoint, map_location=dev)
-    model, blocks, spec = model_from_checkpoint(state, checkpoint, dev)
-    _, calib, _ = calibration_data(spec, dev, data_dir, seed)
-    scores = {c: score_blocks(model, blocks, calib, criterion=c, seed=seed) for c in criteria}
-    if out is not None:
-        atomic_write_text(out, json.dumps(scores, indent=2))
+    also written to ``out/scores.json`` when the folder ``out`` is given (an earlier
+    ``scores.json`` there is an error unless ``overwrite``)."""
+    folder = OutputFolder.open(out, command_line()) if out is not None else None
+    with _holding(folder):
+        if folder is not None:
+            folder.refuse_existing(SCORE_OUTPUTS, overwrite)
+        dev = resolve_device(device)
+        state = load_checkpoint(checkpoint, map_location=dev)
+        model, blocks, spec = model_from_checkpoint(state, checkpoint, dev)
+        _, calib, _ = calibration_data(spec, dev, data_dir, seed, val_from, "scoring")
+        scores = {c: score_blocks(model, blocks, calib, criterion=c, seed=seed) for c in criteria}
+        if folder is not None:
+            atomic_write_text(folder.path / "scores.json", json.dumps(scores, indent=2))
+            folder.commit(source=checkpoint)
     return scores
-
-
-def _refuse_earlier_report(out: Path, overwrite: bool) -> None:
-    earlier = [n for n in COLLAPSE_OUTPUTS if (out / n).exists()]
-    if earlier and not overwrite:
-        raise FileExistsError(
-            f"output folder {str(out)!r} already holds a collapse report ({', '.join(earlier)}); "
-            "pass --overwrite to replace it or choose another --out"
-        )
 
 
 def _sweep_orders(
@@ -344,6 +529,8 @@ def run_collapse(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    val_from: str = "val",
+    folder: OutputFolder | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Sweep k = 0..K removed blocks for each order, choose within the budget, write a report.
@@ -351,20 +538,31 @@ def run_collapse(
     ``options`` (:class:`lacoot.config.CollapseConfig`; its fields may also be given, or
     overridden, as keywords) name the orders, the budget, the repair and the latency batches.
     Every collapse is repaired (:func:`lacoot.repair.repair`, ``calib_samples`` images of the
-    validation split) and measured with and without it. Writes ``report.json``, ``report.md``
-    and ``accuracy_vs_macs.png`` (when matplotlib is installed) into ``out`` and the chosen
-    shallow (repaired) model as ``shallow.pt``; returns the report. An earlier report in
-    ``out`` is an error unless ``overwrite``. ``progress`` prints each phase to stderr.
+    validation split, or of the training split with ``val_from="train"`` for a checkpoint
+    without one) and measured with and without it. Writes ``report.json``, ``report.md`` and
+    ``accuracy_vs_macs.png`` (when matplotlib is installed) into the folder ``out`` and the
+    chosen shallow (repaired) model as ``shallow.pt`` with its input description
+    ``shallow.pt.json``; returns the report. An earlier report in ``out`` is an error unless
+    ``overwrite``; ``folder`` is ``out`` when this process already holds it.
+    ``progress`` prints each phase to stderr.
     """
-    from .export import save_model
-    from .repair import repair as repair_model
-    from .report import write_report
-
     opts = CollapseConfig.from_dict({**(options or CollapseConfig()).to_dict(), **overrides})
     if not opts.has_budget:
         raise ValueError("no budget given; expected max_drop, max_macs, max_latency or blocks")
-    out = Path(out)
-    _refuse_earlier_report(out, overwrite)
+    own = None if folder is not None else OutputFolder.open(out, command_line())
+    with _holding(own):
+        held = folder if folder is not None else own
+        assert held is not None
+        held.refuse_existing(COLLAPSE_OUTPUTS, overwrite)
+        report = _collapse_in(checkpoint, held, opts, device, data_dir, seed, progress, val_from)
+    return report
+
+
+def _collapse_in(
+    checkpoint: str | os.PathLike, folder: OutputFolder, opts: CollapseConfig, device: str,
+    data_dir: str | None, seed: int, progress: bool, val_from: str,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`run_collapse` inside its held folder."""
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, map_location=dev)
     model, found, spec = model_from_checkpoint(state, checkpoint, dev)
@@ -372,50 +570,81 @@ def run_collapse(
         raise ValueError(
             f"blocks={opts.blocks}, but the model has only {len(found)} collapsible blocks"
         )
-    data, calib, spec = calibration_data(spec, dev, data_dir, seed)
+    data, calib, spec = calibration_data(spec, dev, data_dir, seed, val_from,
+                                         "scoring and choosing the collapse")  # fmt: skip
+    used = _calib_count(calib, opts.calib_samples)
+    opts = CollapseConfig.from_dict({**opts.to_dict(), "calib_samples": used})
     example = _example(state["image_shape"], dev, batch=1)
     say = _announcer(progress)
     memo, faded = Memoized(top1_accuracy), faded_blocks(state)
-    scores, sweeps = _sweep_orders(
-        model, found, calib, data.test, example, opts, seed, say, memo, faded
-    )
-    main = sweeps[opts.criterion]
-    reference = _reference(model, faded, calib, main.full, memo)
-    chosen: SweepPoint = (
-        main.points[opts.blocks]
-        if opts.blocks is not None
-        else main.best(
-            max_drop=opts.max_drop,
-            max_macs=opts.max_macs,
-            reference=reference["val_accuracy"],
-            max_latency=opts.max_latency,
-        )  # fmt: skip
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    shallow = (
-        repair_model(
-            model, chosen.removed, calib, opts.repair, opts.calib_samples, identities=faded
+    before = load_average()
+    with recording_latencies() as timed:
+        scores, sweeps = _sweep_orders(
+            model, found, calib, data.test, example, opts, seed, say, memo, faded
         )
-        if chosen.k
-        else model
-    )
-    save_model(out / "shallow.pt", shallow, state["model_spec"], list(chosen.removed))
+    conditions = latency_conditions([t.spread for t in timed], before, load_average(), dev)
+    chosen = _choose(sweeps[opts.criterion], opts, model, faded, calib, memo)
+    reference = chosen[1]
+    shallow = _repaired(model, chosen[0], calib, opts, faded)
+    folder.clear_previous(COLLAPSE_OUTPUTS)
+    pre = state.get("preprocessing") or data.preprocessing
+    _save_shallow(folder.path / "shallow.pt", shallow, state["model_spec"], chosen[0], pre)
     report = {
         "environment": environment(dev), "checkpoint": str(checkpoint), "seed": seed,
-        "model_spec": state["model_spec"], "data_spec": spec,
+        "model_spec": state["model_spec"], "data_spec": spec, "val_from": val_from,
         "train_config": state.get("train_config"), "train_history": state.get("history"),
+        "train_environment": state.get("environment"), "preprocessing": pre,
+        "data_fingerprint": {"checkpoint": state.get("data_fingerprint"), "now": data.fingerprint},
         "blocks": [b.to_dict() for b in found], "criterion": opts.criterion,
         "budget": {"max_drop": opts.max_drop, "max_macs": opts.max_macs,
                    "max_latency": opts.max_latency, "blocks": opts.blocks},  # fmt: skip
         "reference": reference,
-        "repair": {"method": opts.repair,
-                   "calib_samples": opts.calib_samples if opts.repair != "none" else 0},
+        "repair": {"method": opts.repair, "calib_samples": used if opts.repair != "none" else 0,
+                   "calib_split": "train" if val_from == "train" else "val"},  # fmt: skip
+        "latency_conditions": conditions,
         "penalized": (state.get("regularizer") or {}).get("targets"),
         "full_macs": count_macs(model, example), "scores": scores,
-        "sweeps": {k: s.to_dict() for k, s in sweeps.items()}, "chosen": chosen.to_dict(),
+        "sweeps": {k: s.to_dict() for k, s in sweeps.items()}, "chosen": chosen[0].to_dict(),
     }  # fmt: skip
-    write_report(out, report)
+    from .report import write_report
+
+    write_report(folder.path, report)
+    folder.commit(source=checkpoint)
     return report
+
+
+def _choose(
+    main: Sweep, opts: CollapseConfig, model: nn.Module, faded: Sequence[str], calib: Any,
+    memo: Memoized,
+) -> tuple[SweepPoint, dict[str, Any]]:  # fmt: skip
+    """The sweep point the budget chooses and the reference accuracy it was measured from."""
+    reference = _reference(model, faded, calib, main.full, memo)
+    if opts.blocks is not None:
+        return main.points[opts.blocks], reference
+    return main.best(max_drop=opts.max_drop, max_macs=opts.max_macs,
+                     reference=reference["val_accuracy"],
+                     max_latency=opts.max_latency), reference  # fmt: skip
+
+
+def _repaired(
+    model: nn.Module, chosen: SweepPoint, calib: Any, opts: CollapseConfig, faded: Sequence[str]
+) -> nn.Module:
+    from .repair import repair as repair_model
+
+    if not chosen.k:
+        return model
+    return repair_model(model, chosen.removed, calib, opts.repair, opts.calib_samples,
+                        identities=faded)  # fmt: skip
+
+
+def _save_shallow(
+    path: Path, model: nn.Module, spec: dict[str, Any], chosen: SweepPoint, pre: dict[str, Any]
+) -> None:
+    """``shallow.pt`` and its input description ``shallow.pt.json``."""
+    from .export import save_model, write_sidecar
+
+    save_model(path, model, spec, list(chosen.removed), preprocessing=pre)
+    write_sidecar(path, "pt", pre, embedded=False, removed=list(chosen.removed))
 
 
 def _announcer(enabled: bool) -> Any:
@@ -428,6 +657,21 @@ def _announcer(enabled: bool) -> Any:
                   flush=True)  # fmt: skip
 
     return say
+
+
+def _check_export_target(output: Path, checkpoint: str | os.PathLike, overwrite: bool) -> None:
+    """The exported file and its sidecar: never the checkpoint, a folder, or (without
+    ``overwrite``) a file that exists."""
+    from .export import sidecar_path
+
+    if output.is_dir():
+        raise ValueError(f"--output {str(output)!r} is a folder; expected a file name")
+    if _same_file(output, checkpoint):
+        raise ValueError(f"--output {str(output)!r} is the checkpoint itself; expected another "
+                         "file name (the checkpoint is never replaced)")  # fmt: skip
+    for path in (output, sidecar_path(output)):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{str(path)!r} already exists; pass --overwrite to replace it")
 
 
 def run_export(
@@ -443,23 +687,25 @@ def run_export(
     overwrite: bool = False,
     fold_bn: bool | None = None,
     optimize: bool = False,
+    val_from: str = "val",
+    embed_normalization: bool | None = None,
 ) -> dict[str, Any]:
     """Write a checkpoint's model without ``blocks`` (a count, removed in ``options.criterion``
     order, or block names), repaired by ``options.repair`` on ``options.calib_samples``
     validation images, as ``fmt`` (``pt``, ``torchscript`` or ``onnx``, the last checked in
     onnxruntime when installed), batch norm folded for the inference formats unless ``fold_bn``
-    is False, a TorchScript file frozen and optimised for inference with ``optimize``. Returns
+    is False, a TorchScript file frozen and optimised for inference with ``optimize``. The
+    input normalisation travels with it: a first normalising layer in TorchScript and ONNX
+    files (unless ``embed_normalization`` is False) and always ``OUTPUT.json``. Returns
     :func:`lacoot.export.export_model`'s summary (MACs, parameters and latency of the exported
     model included)."""
-    from .blocks import remove_blocks
     from .collapse import removal_order
     from .export import export_model
     from .repair import repair
 
     opts = options or CollapseConfig()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{str(output)!r} already exists; pass --overwrite to replace it")
+    _check_export_target(output, checkpoint, overwrite)
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, map_location=dev)
     model, found, spec = model_from_checkpoint(state, checkpoint, dev)
@@ -467,7 +713,7 @@ def run_export(
     if isinstance(blocks, int):
         if blocks > len(found):
             raise ValueError(f"--blocks {blocks}, but the model has only {len(found)} blocks")
-        scores = run_scoring(checkpoint, [opts.criterion], device, data_dir)
+        scores = run_scoring(checkpoint, [opts.criterion], device, data_dir, val_from=val_from)
         removed = removal_order(found, scores[opts.criterion])[:blocks]
     else:
         removed = list(blocks)
@@ -475,37 +721,51 @@ def run_export(
         if unknown:
             raise ValueError(f"blocks {unknown} are not collapsible; expected some of {names}")
     example = _example(state["image_shape"], dev, batch=1)
+    data, calib = None, None
+    if (opts.repair != "none" and removed) or "preprocessing" not in state:
+        data, calib, _ = calibration_data(spec, dev, data_dir, seed, val_from, "the repair")
     if opts.repair == "none" or not removed:
         shallow = remove_blocks(model, removed, example).eval()
     else:
-        _, calib, _ = calibration_data(spec, dev, data_dir, seed)
         shallow = repair(model, removed, calib, opts.repair, opts.calib_samples,
                          identities=faded_blocks(state)).eval()  # fmt: skip
+    pre = state.get("preprocessing") or (data.preprocessing if data is not None else {})
     return export_model(shallow, output, fmt, example, state["model_spec"], removed, fold_bn,
-                        optimize=optimize)  # fmt: skip
+                        optimize=optimize, preprocessing=pre,
+                        embed_normalization=embed_normalization)  # fmt: skip
+
+
+def _config_text(cfg: RunConfig) -> str:
+    """The options as YAML (JSON, which YAML reads too, when pyyaml is not installed)."""
+    try:
+        import yaml
+    except ImportError:
+        return json.dumps(cfg.to_dict(), indent=2) + "\n"
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def run_all(cfg: RunConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any] | None:
     """The main job: train with LaCoOT, then collapse and report into ``cfg.out`` (with the
-    options used as ``config.yaml``).
+    options used as ``config.yaml``). The scoring and the choice need a validation split
+    (``val_fraction > 0``) or ``val_from="train"``.
 
-    Under ``torchrun`` every process trains and rank 0 alone collapses and reports; the other
-    ranks return ``None``.
+    The folder is held for the whole job. Under ``torchrun`` every process trains and rank 0
+    alone collapses and reports; the other ranks return ``None``.
     """
-    import yaml
-
-    ckpt, _ = run_training(cfg, overwrite=overwrite, resume=resume)
-    if env_rank() != 0:
-        return None
-    report = run_collapse(
-        ckpt,
-        cfg.out,
-        cfg.collapse_config().or_default_budget(),
-        device=cfg.device,
-        seed=cfg.seed,
-        overwrite=overwrite or resume,  # a fresh run's folder was checked to be empty
-        progress=cfg.progress,
-    )
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    atomic_write_text(Path(cfg.out) / "config.yaml", text)
+    cfg.check_val_split("lacoot run scores the blocks and chooses the collapse on it")
+    distributed = os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1")
+    folder = None if distributed else OutputFolder.open(cfg.out, command_line())
+    with _holding(folder):
+        ckpt, _ = run_training(cfg, overwrite=overwrite, resume=resume, folder=folder)
+        if env_rank() != 0:
+            return None
+        held = folder if folder is not None else OutputFolder.open(cfg.out, command_line())
+        with _holding(None if folder is not None else held):
+            report = run_collapse(
+                ckpt, cfg.out, cfg.collapse_config().or_default_budget(), device=cfg.device,
+                seed=cfg.seed, overwrite=True, progress=cfg.progress, val_from=cfg.val_from,
+                folder=held,
+            )  # fmt: skip
+            atomic_write_text(Path(cfg.out) / "config.yaml", _config_text(cfg))
+            held.commit()
     return report

@@ -3,14 +3,17 @@
 MACs come from torch's own :class:`torch.utils.flop_counter.FlopCounterMode` (one multiply-add of a
 matrix product or convolution counts as two FLOPs there, so MACs = FLOPs / 2). Latency is wall-clock
 time measured after warm-up, with the device synchronised around every repeat, reported as the
-median of the repeats.
+median of the repeats, with their spread (interquartile range over the median). A caller that
+wants every measurement taken inside some code (a report's latencies, measured deep inside a
+sweep) collects them with :func:`recording_latencies`.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,7 +32,10 @@ __all__ = [
     "evaluate_accuracy",
     "model_device",
     "Latency",
+    "recording_latencies",
 ]
+
+_RECORDERS: list[list[Latency]] = []  # open recording_latencies() blocks, innermost last
 
 
 @torch.no_grad()
@@ -64,6 +70,8 @@ class Latency:
     min_ms: float
     repeats: int
     batch_size: int
+    max_ms: float = 0.0
+    spread: float = 0.0  # interquartile range of the repeats over their median
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -121,17 +129,39 @@ def compare_latency(
             if mode is not None:
                 m.train(mode)
     batch = batch_size(example_input)
-    return [_summary(t, batch) for t in times]
+    done = [_summary(t, batch) for t in times]
+    for recorder in _RECORDERS:
+        recorder.extend(done)
+    return done
+
+
+@contextmanager
+def recording_latencies() -> Iterator[list[Latency]]:
+    """Collect every :class:`Latency` measured inside the ``with`` block (by
+    :func:`measure_latency` and :func:`compare_latency`, wherever they are called)."""
+    recorded: list[Latency] = []
+    _RECORDERS.append(recorded)
+    try:
+        yield recorded
+    finally:
+        _RECORDERS.remove(recorded)
 
 
 def _summary(times: list[float], batch_size: int) -> Latency:
+    median = statistics.median(times)
+    iqr = 0.0
+    if len(times) > 1:
+        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+        iqr = q3 - q1
     return Latency(
-        median_ms=statistics.median(times),
+        median_ms=median,
         mean_ms=statistics.fmean(times),
         std_ms=statistics.stdev(times) if len(times) > 1 else 0.0,
         min_ms=min(times),
         repeats=len(times),
         batch_size=batch_size,
+        max_ms=max(times),
+        spread=iqr / median if median > 0 else 0.0,
     )
 
 

@@ -8,6 +8,7 @@ scale (pixel / 255, so in ``[0, 1]``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -211,6 +212,15 @@ class ImageDataset(Dataset):
         ``test = test.with_stats(train.mean, train.std)``.
         """
         return self._replace(mean=mean, std=std)
+
+    def fingerprint(self) -> str:
+        """A SHA-256 digest of the images, labels and class names (hex, 16 characters): two
+        datasets with the same fingerprint hold the same samples in the same order."""
+        digest = hashlib.sha256()
+        digest.update(repr((tuple(self.images.shape), self.classes)).encode())
+        digest.update(self.images.cpu().contiguous().numpy().tobytes())
+        digest.update(self.labels.cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def to(self, device: str | torch.device) -> ImageDataset:
         """Same dataset with its tensors on ``device`` (no copy if already there)."""
