@@ -1,16 +1,21 @@
 """The ``lacoot`` command: thin subcommands over :mod:`lacoot.pipeline`.
 
 Exit codes: 0 success, 2 bad input (unknown names, bad values, unreadable or mismatched files,
-impossible budgets), 128 + the signal number when training was stopped by SIGINT (130) or SIGTERM
-(143) after writing a checkpoint, 130 on any other interruption.
+impossible budgets, a folder in use, a non-finite loss), 128 + the signal number when training was
+stopped by SIGINT (130) or SIGTERM (143) after writing a checkpoint, 130 on any other interruption,
+141 when the reader of the output went away (``lacoot models | head -3``). A user error is one
+line, ``lacoot: error: ...``, naming the flag; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import Field, fields
 from pathlib import Path
@@ -19,6 +24,9 @@ from typing import Any
 from ._version import __version__
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a Unix tool whose reader went away
+INSTALL_CLI = "pip install 'lacoot[cli]'"
+OPTIONAL = {"yaml": "pyyaml", "tqdm": "tqdm", "matplotlib": "matplotlib", "PIL": "pillow"}
 
 
 def _fields(cls: type, keys: Sequence[str] | None = None) -> list[Field]:
@@ -70,38 +78,71 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def _parse_kv(text: str) -> tuple[str, Any]:
-    import yaml
-
+    """``KEY=VALUE``; the value read as JSON or a Python literal (``[4, 4, 8]``, ``true``,
+    ``1e-3``), else kept as text (``stem=cifar``). Needs no YAML."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
-    return key.strip(), yaml.safe_load(value)
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, such as stem=cifar")
+    return key.strip(), _literal(value.strip())
+
+
+def _literal(value: str) -> Any:
+    for read in (json.loads, ast.literal_eval):
+        try:
+            return read(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return value
 
 
 def _run_config(args: argparse.Namespace) -> Any:
-    """Defaults < config file < command-line flags."""
+    """Defaults < config file < command-line flags; with ``--resume``, the options the run
+    was trained with take the place of the defaults."""
     from .config import RunConfig
 
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(_read_config(Path(args.config)))
-    return RunConfig.from_dict(values | _given(args, RunConfig))
+    values |= _given(args, RunConfig)
+    if args.resume:
+        from .pipeline import recorded_options
+
+        out = values.get("out", RunConfig.__dataclass_fields__["out"].default)
+        values = recorded_options(out) | values | {"out": out}
+    return RunConfig.from_dict(values)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    import yaml
-
+    """A config file's options: JSON, or YAML (needs pyyaml)."""
+    if path.is_dir():
+        raise ValueError(f"--config {str(path)!r} is a folder; expected a YAML or JSON file")
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        raise ValueError(f"--config {str(path)!r} does not exist; expected a YAML or JSON file")
+    text = path.read_text()
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        data = json.loads(text) if text.strip() else None
+    except ValueError:
+        data = _read_yaml(path, text)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping of options")
+        raise ValueError(f"--config {str(path)!r} must hold a mapping of options")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _read_yaml(path: Path, text: str) -> Any:
+    try:
+        import yaml
+    except ModuleNotFoundError:
+        raise ValueError(
+            f"--config {str(path)!r} is YAML, which needs pyyaml: {INSTALL_CLI} (or write the "
+            "options as JSON)"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"--config {str(path)!r} is not valid YAML ({first})") from None
 
 
 def _print_json(obj: Any) -> None:
@@ -128,8 +169,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from .pipeline import run_scoring
 
-    _print_json(run_scoring(args.checkpoint, args.criterion, args.device, args.data_dir,
-                            args.seed, out=args.out))  # fmt: skip
+    scores = run_scoring(
+        args.checkpoint, args.criterion, args.device, args.data_dir, args.seed, out=args.out,
+        overwrite=args.overwrite, val_from=args.val_from,
+    )  # fmt: skip
+    _print_json(scores)
     return 0
 
 
@@ -150,7 +194,7 @@ def cmd_collapse(args: argparse.Namespace) -> int:
     report = run_collapse(
         args.checkpoint, out, _collapse_config(args), device=args.device,
         data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, val_from=args.val_from,
     )  # fmt: skip
     _summarise(report, out)
     return 0
@@ -175,7 +219,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     done = run_export(
         args.checkpoint, args.output, blocks, args.format, _collapse_config(args, EXPORT_OPTIONS),
         device=args.device, data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
-        fold_bn=args.fold_bn, optimize=args.optimize,
+        fold_bn=args.fold_bn, optimize=args.optimize, val_from=args.val_from,
+        embed_normalization=args.embed_normalization,
     )  # fmt: skip
     if args.format == "onnx":
         diff = done["onnx_max_abs_diff"]
@@ -194,6 +239,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         + f"): {done['macs'] / 1e6:.2f} M MACs per sample, {done['params'] / 1e6:.3f} M "
         f"parameters, {done['latency_ms']:.2f} ms per sample (batch 1, {timed})"
     )
+    if done["sidecar"] is not None:
+        takes = (
+            "pixel / 255: the normalisation is its first layer"
+            if done["normalization_embedded"]
+            else "(pixel / 255 - mean) / std: normalise before calling it"
+        )
+        print(f"its input: {takes}; mean, std, input size and class names in {done['sidecar']}")
     return 0
 
 
@@ -216,10 +268,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ parser
 def _checkpoint_options(p: argparse.ArgumentParser) -> None:
+    from .config import RunConfig
+
     p.add_argument("checkpoint", help="checkpoint.pt written by lacoot train")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-dir", default=None, help="override the checkpoint's data folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the scoring randomness")
+    add_options(p, RunConfig, ["val_from"])
+    p.set_defaults(val_from="val")
 
 
 def _run_parser(sub: Any, name: str, func: Any, with_collapse: bool, **kw: Any) -> None:
@@ -246,13 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Transport): train with a Max-Sliced Wasserstein penalty, then remove blocks.",
     )
     parser.add_argument("--version", action="version", version=f"lacoot {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_parser(sub, "train", cmd_train, False, help="train a model with the LaCoOT penalty")
 
     p = sub.add_parser("score", help="score the blocks of a trained checkpoint")
     _checkpoint_options(p)
     p.add_argument("--criterion", nargs="+", default=["msw"], help="one or more criteria")
-    p.add_argument("--out", help="also write the scores to this JSON file")
+    p.add_argument("--out", help="also write the scores to OUT/scores.json (OUT: a folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier OUT/scores.json")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("collapse", help="sweep, choose within a budget, report")
@@ -284,8 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="torchscript only: write the module frozen and time it as deployed after "
         "torch.jit.optimize_for_inference(torch.jit.load(OUTPUT)) (faster at large batches on CPU)",
     )
-    p.add_argument("--output", required=True, help="file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT file")
+    p.add_argument(
+        "--embed-normalization",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torchscript and onnx: the model's first layer normalises its input, which is then "
+        "pixel / 255 (default: on; off: the caller normalises, as OUTPUT.json says)",
+    )
+    p.add_argument("--output", required=True, help="file to write (and OUTPUT.json beside it)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OUTPUT and OUTPUT.json"
+    )
     p.set_defaults(func=cmd_export)
 
     _run_parser(
@@ -301,7 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lacoot`` command; returns its exit code."""
-    code = _main(argv)
+    warnings.formatwarning = _one_line_warning
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`lacoot models | head -3`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        code = EXIT_BROKEN_PIPE
     if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):  # a torchrun worker
         # Every file is written and closed. Skip interpreter finalisation, where gloo's worker
         # threads can abort a finished process (SIGABRT, "terminate called without an active
@@ -312,9 +386,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _one_line_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> str:
+    return f"lacoot: warning: {message}\n"
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in given  # accepted anywhere on the line
+    args = parser.parse_args([a for a in given if a != "--debug"])
     if args.command not in ("train", "run") and os.environ.get("WORLD_SIZE", "1") != "1":
         print(
             f"lacoot: error: `lacoot {args.command}` runs in one process; only train and run "
@@ -326,22 +406,61 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "collapse" and all(getattr(args, b) is None for b in BUDGETS):
         parser.error("collapse needs a budget: --max-drop, --max-macs, --max-latency or --blocks")
-    from .train import TrainingInterrupted
-
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        parser.error("--resume and --overwrite: expected one of them")
     try:
         return int(args.func(args))
-    except TrainingInterrupted as exc:
-        from .distributed import env_rank
+    except BrokenPipeError:
+        raise
+    except BaseException as exc:
+        if debug:
+            raise
+        code, message = _failure(exc)
+        if code is None:
+            raise
+        if message:
+            print(message, file=sys.stderr)
+        return code
 
-        if env_rank() == 0:
-            print(f"lacoot: {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print("lacoot: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"lacoot: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+def _failure(exc: BaseException) -> tuple[int | None, str]:
+    """The exit code and the one line of an exception a user can act on; (None, "") for a
+    bug (its traceback is shown)."""
+    from .distributed import env_rank
+    from .train import TrainingInterrupted
+
+    rank0 = env_rank() == 0
+    if isinstance(exc, TrainingInterrupted):
+        return 128 + exc.signum, f"lacoot: {exc}" if rank0 else ""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "lacoot: interrupted"
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in OPTIONAL:
+        package = OPTIONAL[(exc.name or "").split(".")[0]]
+        return EXIT_BAD_INPUT, f"lacoot: error: this needs {package}: {INSTALL_CLI}"
+    if isinstance(exc, FloatingPointError):
+        return EXIT_BAD_INPUT, (
+            f"lacoot: error: {exc}; the training diverged: lower --lr, or pass --grad-clip 1 "
+            "or --nonfinite skip"
+            if rank0
+            else ""
+        )
+    if isinstance(exc, (ValueError, OSError)):
+        return EXIT_BAD_INPUT, f"lacoot: error: {_flagged(str(exc))}" if rank0 else ""
+    return None, ""
+
+
+def _flagged(text: str) -> str:
+    """``text`` with the options it names as their flags: ``lam=nan`` reads ``--lam nan``,
+    ``val_fraction`` reads ``--val-fraction``."""
+    from .config import RunConfig
+
+    names = sorted({*RunConfig.__dataclass_fields__, "model_args"}, key=len, reverse=True)
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        text = re.sub(rf"(?<![\w.'-]){name}=", flag + " ", text)
+        if "_" in name:
+            text = re.sub(rf"(?<![\w.'-]){name}(?![\w])", flag, text)
+    return text
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Save and load the physically shallower model; export it to TorchScript or ONNX.
 
-A ``pt`` file holds the zoo specification of the model, the removed blocks and the state dict;
-:func:`load` rebuilds it without the original checkpoint (``torch.load(weights_only=True)``: no code
-is unpickled). TorchScript and ONNX files stand alone.
+A ``pt`` file holds the zoo specification of the model, the removed blocks, the input
+normalisation and the state dict; :func:`load` rebuilds it without the original checkpoint
+(``torch.load(weights_only=True)``: no code is unpickled). TorchScript and ONNX files stand alone:
+by default their first layer normalises the input (:class:`Normalize`), so they take images
+scaled to ``[0, 1]``. Every exported file has a sidecar ``<file>.json`` (:func:`write_sidecar`)
+that says what input it expects and what its outputs mean.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -17,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, atomic_write_text
 from ._version import __version__
 from .blocks import rebuild_removed
 
 __all__ = [
     "save_model", "load", "export_torchscript", "export_onnx", "check_onnx", "export_model",
-    "FORMATS",
+    "FORMATS", "Normalize", "write_sidecar", "sidecar_path",
 ]  # fmt: skip
 
 MODEL_FORMAT = 1
@@ -35,9 +39,12 @@ def save_model(
     model: nn.Module,
     spec: dict[str, Any],
     removed: Sequence[str],
+    preprocessing: dict[str, Any] | None = None,
 ) -> None:
     """Write a collapsed zoo model: ``spec`` (``name``, ``num_classes``, ``in_channels``,
-    ``kwargs``), the removed block names (original numbering) and the weights. Removed blocks
+    ``kwargs``), the removed block names (original numbering), the input normalisation the
+    model expects (``preprocessing``, see :func:`lacoot.pipeline.preprocessing`) and the
+    weights. Removed blocks
     that a :class:`lacoot.repair.LinearPatch` stands in for (``repair="linear"``) are recorded
     with their patch's shape, so :func:`load` rebuilds them."""
     from .blocks import deleted_from
@@ -61,6 +68,7 @@ def save_model(
             "removed": list(removed),
             "patched": patched,
             "deleted_from": deleted,
+            "preprocessing": preprocessing,
             "state_dict": model.state_dict(),
         },
         buffer,
@@ -94,17 +102,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     Raises ``ValueError`` naming the file if it is missing, unreadable, not a lacoot model, or its
     weights do not fit its specification.
     """
+    from .checkpoint import safe_torch_load
     from .models import create
     from .repair import LinearPatch
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model file {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"model file {str(path)!r} cannot be read safely ({first})") from None
+    state = safe_torch_load(path, "model file", "lacoot export --format pt", map_location)
     if not isinstance(state, dict) or state.get("kind") != "lacoot-model":
         raise ValueError(f"{str(path)!r} is not a lacoot model file (see lacoot export)")
     spec = state.get("model_spec")
@@ -132,6 +134,54 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
         first = str(exc).splitlines()[0]
         raise ValueError(f"weights in {str(path)!r} do not fit {spec['name']} ({first})") from None
     return model.to(map_location).eval()
+
+
+class Normalize(nn.Module):
+    """An exported model's first layer: ``model((x - mean) / std)`` per channel, so that the
+    exported file takes images scaled to ``[0, 1]`` (``pixel / 255``)."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the input description of an exported file goes: ``<file>.json``."""
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def write_sidecar(
+    path: str | os.PathLike, fmt: str, preprocessing: dict[str, Any], embedded: bool,
+    removed: Sequence[str],
+) -> Path:  # fmt: skip
+    """Write ``<path>.json``: the input the model at ``path`` expects (shape, layout, channel
+    order, scale, mean and std and whether the model applies them itself) and its outputs
+    (class names)."""
+    pre = dict(preprocessing)
+    where = ("inside the model (its first layer): feed pixel / 255" if embedded
+             else "by the caller: feed (pixel / 255 - mean) / std")  # fmt: skip
+    record = {
+        "file": Path(path).name,
+        "format": fmt,
+        "lacoot_version": __version__,
+        "removed_blocks": list(removed),
+        "input": {
+            k: pre.get(k)
+            for k in ("input_shape", "layout", "dtype", "channel_order", "scale", "mean", "std")
+        }  # fmt: skip
+        | {"normalization_applied": where, "normalize": pre.get("normalize")},
+        "output": {"kind": "logits", "class_names": pre.get("class_names")},
+    }
+    target = sidecar_path(path)
+    atomic_write_text(target, json.dumps(record, indent=2) + "\n")
+    return target
 
 
 def _write_via_temp(path: Path, write: Any) -> None:
@@ -221,8 +271,16 @@ def export_model(
     fold_bn: bool | None = None,
     latency_repeats: int = 20,
     optimize: bool = False,
+    preprocessing: dict[str, Any] | None = None,
+    embed_normalization: bool | None = None,
 ) -> dict[str, Any]:
     """Write a collapsed zoo model in one of :data:`FORMATS` and measure what was written.
+
+    ``preprocessing`` (the input normalisation, :func:`lacoot.pipeline.preprocessing`) goes
+    into the sidecar ``<path>.json`` (:func:`write_sidecar`) and a ``pt`` file; with
+    ``embed_normalization`` (default: on for ``torchscript`` and ``onnx`` when
+    ``preprocessing`` is given) the written model starts with :class:`Normalize` and takes
+    images scaled to ``[0, 1]``.
 
     ``fold_bn`` (default: on for ``torchscript`` and ``onnx``, the inference formats; ``pt``
     files are rebuilt from the zoo by :func:`load` and keep their batch norms) folds every batch
@@ -249,19 +307,39 @@ def export_model(
         )
     if optimize and fmt != "torchscript":
         raise ValueError(f"optimize=True for format={fmt!r}; expected format 'torchscript'")
+    embed = _embedding(fmt, preprocessing, embed_normalization)
     model = fold_batchnorm(model, example_input) if fold else model.eval()
-    diff, timed = None, model
+    deployed = model
+    if embed and preprocessing:
+        deployed = Normalize(model, preprocessing["mean"], preprocessing["std"]).eval()
+    diff, timed = None, deployed
     if fmt == "pt":
-        save_model(path, model, spec, removed)
+        save_model(path, model, spec, removed, preprocessing=preprocessing)
     elif fmt == "torchscript":
-        timed = export_torchscript(model, example_input, path, optimize=optimize)
+        timed = export_torchscript(deployed, example_input, path, optimize=optimize)
     else:
-        export_onnx(model, example_input, path)
-        diff = check_onnx(model, path, example_input)
+        export_onnx(deployed, example_input, path)
+        diff = check_onnx(deployed, path, example_input)
+    sidecar = write_sidecar(path, fmt, preprocessing, embed, removed) if preprocessing else None
     latency = measure_latency(timed, example_input, repeats=latency_repeats)
     return {
         "path": str(path), "format": fmt, "removed": list(removed), "folded_bn": fold,
-        "optimized": bool(optimize),
+        "optimized": bool(optimize), "normalization_embedded": embed,
+        "sidecar": None if sidecar is None else str(sidecar),
         "macs": count_macs(model, example_input[:1]), "params": count_params(model),
         "latency_ms": latency.median_ms, "onnx_max_abs_diff": diff,
     }  # fmt: skip
+
+
+def _embedding(fmt: str, preprocessing: dict[str, Any] | None, embed: bool | None) -> bool:
+    """Whether the written model normalises its own input (see :func:`export_model`)."""
+    if embed is None:
+        return fmt != "pt" and bool(preprocessing)
+    if embed and fmt == "pt":
+        raise ValueError(
+            "embed_normalization=True needs an inference format (torchscript or onnx): a pt "
+            "file is rebuilt from the zoo by lacoot.load; its normalisation is in its .json"
+        )
+    if embed and not preprocessing:
+        raise ValueError("embed_normalization=True, but no normalisation is known (preprocessing)")
+    return bool(embed)

@@ -30,6 +30,7 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: the chosen collapse, the sweep, and the other orders."""
     out = _md_header(report) + _md_chosen(report) + _md_sweep(report) + _md_orders(report)
+    out += _md_input(report) + _md_latency(report) + _md_reproducibility(report)
     out.append("## Block scores\n")
     names = list(report["scores"])
     rows = [
@@ -57,11 +58,18 @@ def _md_header(report: dict[str, Any]) -> list[str]:
             f"- training: {tc['epochs']} epochs, lambda = {tc['lam']}, {tc['optimizer']} "
             f"lr {tc['lr']} ({tc['schedule']}), MSW estimator `{tc['method']}`"
         )
+    if _on_train_split(report):
+        out.append(
+            "- **no validation split** (`--val-fraction 0 --val-from train`): the blocks were "
+            "scored, the collapse chosen and the repair calibrated on the training split; the "
+            "`train-split` accuracies below are of images the model was trained on"
+        )
     rep = report.get("repair") or {"method": "none", "calib_samples": 0}
+    split = "training" if _on_train_split(report) else "validation"
     out.append(
         f"- repair: `{rep['method']}`"
         + (
-            f", {rep['calib_samples']} calibration images of the validation split, no gradient "
+            f", {rep['calib_samples']} calibration images of the {split} split, no gradient "
             "step; accuracies are of the repaired model, the unrepaired ones beside them"
             if rep["method"] != "none"
             else " (none)"
@@ -79,6 +87,78 @@ def _md_header(report: dict[str, Any]) -> list[str]:
     budget = ", ".join(f"{k} = {v}" for k, v in report["budget"].items() if v is not None)
     out.append(f"- block order: `{report['criterion']}`; budget: {budget}\n")
     return out
+
+
+def _on_train_split(report: dict[str, Any]) -> bool:
+    """Whether the report scored and chose on the training split (no validation split)."""
+    return report.get("val_from") == "train"
+
+
+def _md_input(report: dict[str, Any]) -> list[str]:
+    """The input the checkpoint and ``shallow.pt`` expect (their normalisation)."""
+    pre = report.get("preprocessing")
+    if not pre:
+        return []
+    mean = ", ".join(f"{v:.4f}" for v in pre["mean"])
+    std = ", ".join(f"{v:.4f}" for v in pre["std"])
+    shape = "x".join(str(v) for v in pre["input_shape"])
+    return [
+        "## Input\n",
+        f"The models take float {pre['layout']} images of {shape} ({pre['channel_order']}), "
+        f"scaled as {pre['scale']} and normalised per channel with the training split's mean "
+        f"({mean}) and standard deviation ({std}): {pre['normalize']}. `shallow.pt.json` "
+        "records it beside `shallow.pt`; `lacoot export --format torchscript` or `onnx` builds "
+        "the normalisation into the exported model (its first layer), which then takes "
+        "pixel / 255.\n",
+    ]
+
+
+def _md_latency(report: dict[str, Any]) -> list[str]:
+    """The conditions the latencies were measured under, flagged when under load."""
+    cond = report.get("latency_conditions")
+    if not cond:
+        return []
+    loads = f"{_fmt(cond['load_before'])} before, {_fmt(cond['load_after'])} after"
+    out = [
+        "## Latency measurement\n",
+        f"{cond['measurements']} measurements on {cond['device']} with {cond['torch_threads']} "
+        f"torch threads ({cond['cpu_count']} cores); load average {loads}; spread of the "
+        f"repeats (interquartile range over median) {cond['median_spread']:.0%} typical, "
+        f"{cond['max_spread']:.0%} at worst.\n",
+    ]
+    if cond["under_load"]:
+        out.append(
+            f"**Warning: latencies taken under load** ({'; '.join(cond['reasons'])}): the "
+            "absolute figures are not to be trusted; the ratios between models, measured in "
+            "turn, are more robust. Measure again on an idle machine.\n"
+        )
+    return out
+
+
+def _md_reproducibility(report: dict[str, Any]) -> list[str]:
+    """What determinism the run had, and when the same seed may differ."""
+    from .provenance import REPRODUCIBILITY
+
+    env = report["environment"]
+    det = env.get("determinism") or {}
+    trained = report.get("train_environment") or {}
+    where = trained.get("machine", "?")
+    same = trained.get("machine") == env.get("machine") and trained.get("torch") == env["torch"]
+    lines = [
+        "## Reproducibility\n",
+        f"- this report: machine {env.get('machine', '?')} ({env['platform']}), torch "
+        f"{env['torch']}, {env['device']}, {det.get('torch_threads', env['cpu_threads'])} "
+        f"torch threads, deterministic algorithms "
+        f"{'on' if det.get('deterministic_algorithms') else 'off'}",
+    ]
+    if trained:
+        tdet = trained.get("determinism") or {}
+        lines.append(
+            f"- training: machine {where}, torch {trained.get('torch')}, "
+            f"{trained.get('device')}, {tdet.get('torch_threads', '?')} torch threads"
+            + ("" if same else " (not the machine or torch of this report)")
+        )
+    return [*lines, f"\n{REPRODUCIBILITY}\n"]
 
 
 def _md_faded(report: dict[str, Any]) -> list[str]:
@@ -117,7 +197,11 @@ def _md_chosen(report: dict[str, Any]) -> list[str]:
             f"{chosen['latency_ms'][b]:.2f} ms"
             for b in latencies
         )
-        + ". Validation accuracy chose it; test accuracy is reported.\n",
+        + (
+            ". Training-split accuracy chose it (no validation split); test accuracy is reported.\n"
+            if _on_train_split(report)
+            else ". Validation accuracy chose it; test accuracy is reported.\n"
+        ),
     ]
 
 
@@ -126,7 +210,8 @@ def _md_sweep(report: dict[str, Any]) -> list[str]:
     full = points[0]
     metric = report["sweeps"][report["criterion"]].get("metric", "top1_accuracy")
     unit = "acc %" if metric == "top1_accuracy" else metric
-    headers = ["k", "removed", f"val {unit}", f"test {unit}", f"unrepaired val / test {unit}"]
+    val = "train-split" if _on_train_split(report) else "val"
+    headers = ["k", "removed", f"{val} {unit}", f"test {unit}", f"unrepaired {val} / test {unit}"]
     headers += ["MACs (M)"]
     headers += ["MACs %", "params (M)"]
     headers += [f"latency b={b} (ms)" for b in latencies]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,32 @@ from ._io import atomic_write_text
 __all__ = ["EpochSums", "EpochLog", "progress_bar"]
 
 
+_NO_TQDM_SAID: list[bool] = []  # the missing tqdm is announced once per process
+
+
 def progress_bar(iterable: Iterable, total: int | None, desc: str, enabled: bool) -> Iterable:
-    """``iterable`` wrapped in a tqdm bar when ``enabled`` and tqdm is installed."""
+    """``iterable`` wrapped in a tqdm bar when ``enabled``; without tqdm, a line on stderr at
+    every quarter of it (and once the line saying how to get the bars)."""
     if not enabled:
         return iterable
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return iterable
+        if not _NO_TQDM_SAID:
+            _NO_TQDM_SAID.append(True)
+            print("lacoot: no progress bars, tqdm is not installed (pip install 'lacoot[cli]'); "
+                  "a line per quarter epoch instead", file=sys.stderr, flush=True)  # fmt: skip
+        return _quarters(iterable, total, desc)
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _quarters(iterable: Iterable, total: int | None, desc: str) -> Iterator[Any]:
+    """``iterable``, printing ``desc: k/total batches`` when each quarter is done."""
+    marks = {max(1, round(total * q / 4)) for q in range(1, 5)} if total else set()
+    for k, item in enumerate(iterable, 1):
+        yield item
+        if k in marks:
+            print(f"lacoot: {desc}: {k}/{total} batches", file=sys.stderr, flush=True)
 
 
 class EpochSums:
