@@ -194,12 +194,23 @@ class ReturnsTuple(nn.Module):
         return self.head(self.inner(x)[0])
 
 
+def test_a_block_returning_a_tuple_flows_its_first_element() -> None:
+    """Transformer layers returning ``(hidden, extra)`` are blocks; removed, they return
+    ``(x, None)``, and the model computes what it computes with the block made identity."""
+    torch.manual_seed(0)
+    model = ReturnsTuple()
+    x = torch.randn(3, 4)
+    assert [b.name for b in find_blocks(model, x)] == ["inner"]
+    shallow = remove_blocks(model, ["inner"], x)
+    assert shallow.inner(x)[0] is x and shallow.inner(x)[1] is None
+    torch.testing.assert_close(shallow(x), model.head(x))
+
+
 @pytest.mark.parametrize(
     ("model", "reason"),
     [
         (nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)), "changes shape"),
         (SharedTwice(), "called 2 times"),
-        (ReturnsTuple(), "returns tuple"),
     ],
 )
 def test_no_collapsible_block_is_explained(model: nn.Module, reason: str) -> None:

@@ -309,7 +309,7 @@ def test_repair_methods():
     full = repair(model, [], data, method="bn")  # no block removed: the full model re-estimated
     assert not torch.equal(full[1].running_mean, model[1].running_mean)
     _assert_state_equal(model, state)
-    assert REPAIRS == ("none", "bn", "linear")
+    assert REPAIRS == ("none", "bn", "linear", "fused")
 
 
 def test_repair_errors():

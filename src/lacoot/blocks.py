@@ -3,10 +3,12 @@
 A block is *collapsible* when, in one traced forward pass, it
 
 * is called exactly once,
-* returns one tensor of the shape and dtype of the tensor that *flows* through it: its first
-  tensor argument, or the argument its module names in a ``lacoot_flow`` attribute (a position or
-  a keyword). Other arguments (an attention mask, position ids, flags) are passed along and
-  ignored by a collapsed block, and
+* returns one tensor of the shape and dtype of the tensor that *flows* through it (its first
+  tensor argument, or the argument its module names in a ``lacoot_flow`` attribute: a position or
+  a keyword), or a tuple that starts with one (as some transformer layers return ``(hidden,
+  attention weights)``; a collapsed block returns ``(x, None, ...)``). Other arguments (an
+  attention mask, position ids, flags, a cache) are passed along and ignored by a collapsed
+  block, and
 * holds parameters (removing a parameter-free module saves nothing).
 
 :func:`find_blocks` returns, by default, the outermost collapsible modules that are not single
@@ -16,7 +18,10 @@ so a ResNet stage gives its residual blocks and an encoder its layers. A model c
 blocks with a method ``lacoot_blocks(self) -> list[str]`` of qualified module names; the user can
 override either with ``include``/``exclude`` glob patterns.
 
-This module imports nothing else from lacoot but its FLOP-counter helper.
+Models of outside libraries are handled through :func:`lacoot.adapters.adapter_for` (which
+containers must delete their removed layers and what to renumber, what of an output to compare,
+an example input when none is given). This module imports nothing else from lacoot but
+:mod:`lacoot.inputs`, :mod:`lacoot.adapters` and its FLOP-counter helper.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ._flops import flop_counter
+from .adapters import adapter_for
 from .inputs import batch_size, call_model
 
 __all__ = [
@@ -79,6 +86,10 @@ class Block:
     inplace : bool
         The block modified its input in place (``x += f(x)``) in the traced pass; hooks then copy
         its input before it runs, so its distance is measured on the true input.
+    tokens : bool
+        Its features ``(B, T, D)`` are sequences of tokens (the model's adapter says so,
+        :mod:`lacoot.adapters`): distances and criteria take each token (padding excluded) as one
+        sample of ``D`` features, not each sequence as one sample of ``T * D``.
     """
 
     name: str
@@ -88,6 +99,7 @@ class Block:
     macs: int
     order: int
     inplace: bool = False
+    tokens: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,11 +136,13 @@ class ModuleCall:
             return f"called {self.calls} times per forward; a block must be called once"
         if self.input is None:
             return "takes no tensor; a block passes a tensor through"
-        if not isinstance(self.output, Tensor):
-            return f"returns {type(self.output).__name__}; a block returns one tensor"
-        if self.output.shape != self.input.shape or self.output.dtype != self.input.dtype:
+        out = output_tensor(self.output)
+        if out is None:
+            return (f"returns {type(self.output).__name__}; a block returns one tensor, or a "
+                    "tuple starting with one")  # fmt: skip
+        if out.shape != self.input.shape or out.dtype != self.input.dtype:
             return (
-                f"changes shape {_shape(self.input)}->{_shape(self.output)}; only shape-preserving "
+                f"changes shape {_shape(self.input)}->{_shape(out)}; only shape-preserving "
                 "blocks can be collapsed (the flowing tensor is the first tensor argument unless "
                 "the module names another in `lacoot_flow`)"
             )
@@ -150,6 +164,31 @@ class ModuleCall:
 
 def _shape(t: Tensor) -> str:
     return "(" + ",".join(str(s) for s in t.shape[1:]) + ")"
+
+
+# modules seen returning a tuple ``(tensor, ...)``: its length, so that a stand-in returns the same
+_ARITY: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def output_tensor(output: Any) -> Tensor | None:
+    """The tensor that flows out of a block: its output, or the first element of a tuple it
+    returns; None for anything else."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return None
+
+
+def with_output_tensor(output: Any, tensor: Tensor) -> Any:
+    """``output`` with its flowing tensor replaced by ``tensor`` (a tuple keeps its other
+    elements)."""
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+def _note_arity(module: nn.Module, output: Any) -> None:
+    if isinstance(output, tuple) and output_tensor(output) is not None:
+        _ARITY[module] = len(output)
 
 
 def flow_tensor(
@@ -224,6 +263,7 @@ def trace_modules(
 
     def post_hook(module: nn.Module, args: tuple, kwargs: dict, output: Any, name: str) -> None:
         rec = stack.pop()
+        _note_arity(module, output)
         if rec.calls == 1:
             rec.output = output
             rec.inplace = rec.input is not None and tensor_version(rec.input) != rec.version
@@ -287,6 +327,7 @@ def _make_block(model: nn.Module, rec: ModuleCall, macs: dict[str, int], batch: 
         macs=macs.get(rec.name, 0) // max(batch, 1),
         order=rec.order,
         inplace=rec.inplace,
+        tokens=adapter_for(model).token_features(model, rec.input),
     )
 
 
@@ -400,16 +441,16 @@ def find_blocks(
     if includes:
         chosen = []
         for pattern in includes:
-            matched = [
-                rec
-                for name, rec in calls.items()
-                if name and match_name(name, pattern) and rec.rejection() is None
-            ]
+            named = {n: r for n, r in calls.items() if n and match_name(n, pattern)}
+            matched = [rec for rec in named.values() if rec.rejection() is None]
             if not matched:
+                why = {n: r.rejection() or "" for n, r in named.items()}
                 raise BlockDiscoveryError(
                     f"include pattern {pattern!r} matches no collapsible module of "
                     f"{type(model).__name__}"
-                )
+                    + (f"; the modules it names:\n{_explain(why)}" if why else
+                       " (no module called in the forward pass has a matching name)")
+                )  # fmt: skip
             chosen.extend(r for r in matched if r not in chosen)
     elif use_declared and callable(getattr(model, "lacoot_blocks", None)):
         chosen = _validated(
@@ -486,19 +527,20 @@ class CollapsedBlock(nn.Identity):
     It accepts every argument its caller passes to the block (masks, position ids, flags) and
     returns the flowing one: ``args[flow]``/``kwargs[flow]`` when the block declared
     ``lacoot_flow``, else its first tensor argument. ``removed`` is the block's name, used in
-    error messages.
+    error messages. ``arity``: 0 when the block returned a tensor, else the length of the tuple it
+    returned (the stand-in then returns ``(x, None, ...)``).
     """
 
-    def __init__(self, flow: int | str | None = None, removed: str = "") -> None:
+    def __init__(self, flow: int | str | None = None, removed: str = "", arity: int = 0) -> None:
         super().__init__()
-        self.flow, self.removed = flow, removed
+        self.flow, self.removed, self.arity = flow, removed, int(arity)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         tensor, _ = flow_tensor(args, kwargs, self.flow)
         if tensor is None:
             where = f"argument {self.flow!r}" if self.flow is not None else "a tensor argument"
             raise TypeError(f"a collapsed block passes {where} through; it was given none")
-        return tensor
+        return stand_in_output(tensor, self.arity)
 
     def __getattr__(self, attr: str) -> Any:
         try:
@@ -515,9 +557,16 @@ class CollapsedBlock(nn.Identity):
             ) from None
 
 
+def stand_in_output(tensor: Tensor, arity: int) -> Any:
+    """What identity in place of a block returns: ``tensor``, or ``(tensor, None, ...)`` of
+    ``arity`` elements for a block that returned a tuple."""
+    return (tensor,) + (None,) * (arity - 1) if arity else tensor
+
+
 def _collapsed(model: nn.Module, name: str) -> CollapsedBlock:
-    flow = getattr(model.get_submodule(name), "lacoot_flow", None)
-    return CollapsedBlock(flow, removed=name)
+    module = model.get_submodule(name)
+    flow = getattr(module, "lacoot_flow", None)
+    return CollapsedBlock(flow, removed=name, arity=_ARITY.get(module, 0))
 
 
 def identity_blocks(model: nn.Module, blocks: Iterable[str | Block]) -> nn.Module:
@@ -574,10 +623,14 @@ def _build(model: nn.Module, names: Sequence[str], delete_in: set[str]) -> nn.Mo
             deletions.setdefault(parent_name, []).append(list(parent._modules).index(child))
         else:
             setattr(new.get_submodule(parent_name), child, _collapsed(model, name))
+    adapter = adapter_for(model)
     for parent_name, indices in deletions.items():
         parent = new.get_submodule(parent_name)
+        old_len = len(parent)
         for i in sorted(indices, reverse=True):
             del parent[i]
+        kept = [i for i in range(old_len) if i not in set(indices)]
+        adapter.after_delete(new, parent_name, kept, old_len)
     return new
 
 
@@ -587,14 +640,16 @@ def _outputs(model: nn.Module, example: Any, identity: Sequence[str] = ()) -> An
     by hooks (the modules stay in place), or the exception it raised."""
 
     def skip(m: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        return flow_tensor(args, kwargs, getattr(m, "lacoot_flow", None))[0]
+        _note_arity(m, output)
+        x = flow_tensor(args, kwargs, getattr(m, "lacoot_flow", None))[0]
+        return stand_in_output(x, len(output) if isinstance(output, tuple) else 0)
 
     handles = [model.get_submodule(n).register_forward_hook(skip, with_kwargs=True)
                for n in identity]  # fmt: skip
     was_training = model.training
     model.eval()
     try:
-        return call_model(model, example)
+        return adapter_for(model).comparable(call_model(model, example))
     except Exception as exc:  # a model that cannot run is an answer here
         return exc
     finally:
@@ -634,31 +689,53 @@ def remove_blocks(
     blocks are deleted from ``nn.Sequential`` (whose forward is the chain) and replaced by
     identity in any other container. A model that neither can run is a :class:`CollapseError`
     naming the container (``nn.TransformerEncoder`` without any layer, say).
+
+    A model of an outside library goes through its adapter (:mod:`lacoot.adapters`): the
+    containers it names (a Hugging Face decoder's layer list) always delete their blocks and have
+    their indices and config counts rewritten, or the removal is a :class:`CollapseError`; its
+    example input is used when none is given, and only what its adapter compares (logits and
+    hidden states, not cache objects) has to match.
     """
     names = _names(blocks)
     for name in names:
         _check_exists(model, name)
     _check_not_nested(names)
+    adapter = adapter_for(model)
+    required = {c for c in adapter.delete_in(model) if any(_split(n)[0] == c for n in names)}
     containers = sorted({_split(n)[0] for n in names if isinstance(
         model.get_submodule(_split(n)[0]), (nn.Sequential, nn.ModuleList))})  # fmt: skip
     if example_input is None:
+        example_input = adapter.example_input(model)
+    if example_input is None:
         sequential = {c for c in containers if isinstance(model.get_submodule(c), nn.Sequential)}
-        return _build(model, names, sequential)
+        return _build(model, names, sequential | required)
     reference = _outputs(model, example_input, identity=names)
-    delete_in: set[str] = set()
+    delete_in: set[str] = set(required)
     for c in containers:  # keep each container's deletion that computes the same
+        if c in required:
+            continue
         if outputs_match(_outputs(_build(model, names, delete_in | {c}), example_input), reference):
             delete_in.add(c)
     new = _build(model, names, delete_in)
     got = _outputs(new, example_input)
     if not outputs_match(got, reference):
-        failed = got if isinstance(got, BaseException) else reference
-        why = (f"{type(failed).__name__}: {failed}" if isinstance(failed, BaseException)
-               else "its output differs")  # fmt: skip
-        where = ", ".join(repr(_split(n)[0] or "<model>") for n in names)
-        raise CollapseError(
-            f"removing {names} leaves a model that cannot compute what identity in their place "
-            f"computes, whether they are deleted from or replaced in {where} ({why}); remove "
-            "fewer blocks there"
-        )
+        _collapse_failed(names, got, reference, required)
     return new
+
+
+def _collapse_failed(names: list[str], got: Any, reference: Any, required: set[str]) -> None:
+    failed = got if isinstance(got, BaseException) else reference
+    why = (f"{type(failed).__name__}: {failed}" if isinstance(failed, BaseException)
+           else "its output differs from the model with identity in their place")  # fmt: skip
+    if required:
+        raise CollapseError(
+            f"removing {names} from {sorted(required)} changes what the model computes ({why}): "
+            "these layers pass more than their hidden state to the layers after them (a "
+            "position bias, say), so they cannot be removed one by one"
+        )
+    where = ", ".join(sorted({repr(_split(n)[0] or "<model>") for n in names}))
+    raise CollapseError(
+        f"removing {names} leaves a model that cannot compute what identity in their place "
+        f"computes, whether they are deleted from or replaced in {where} ({why}); remove "
+        "fewer blocks there"
+    )

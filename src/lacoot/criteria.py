@@ -5,8 +5,8 @@
 * ``msw_rel``: ``msw`` divided by the spread of the block's input along its principal direction
   (the distance from the input cloud to a point at its mean, measured the same way). Raw
   distances grow with the width and scale of a stage; the ratio is comparable across stages.
-* ``cosine``: block influence, ``1 - mean cos(x_i, y_i)`` over samples (the score used to prune
-  layers of large language models, e.g. ShortGPT).
+* ``cosine``: block influence, ``1 - mean cos(x_i, y_i)`` over samples; over tokens for a
+  sequence model's layers (``Block.tokens``), which is ShortGPT's block influence.
 * ``angular``: ``mean arccos(cos(x_i, y_i)) / pi`` (Gromov et al., "The Unreasonable
   Ineffectiveness of the Deeper Layers").
 * ``greedy``: the iterative calibration-driven removal of SLEB and BlockPruner: at each step the
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import Block
-from .inputs import call_model, model_device, to_device
+from .inputs import call_model, model_device, to_device, token_mask, token_rows
 from .metrics import Metric, top1_accuracy
 from .ot import max_sliced_wasserstein
 from .regularizer import block_io_hooks, cosine_distance
@@ -236,7 +236,9 @@ def score_blocks(
         From :func:`lacoot.find_blocks`.
     loader : iterable of (inputs, labels), optional
         Calibration batches (the validation split); required by data-driven criteria. Batches of
-        fewer than 2 samples are skipped.
+        fewer than 2 samples are skipped. For blocks whose features are tokens
+        (``Block.tokens``: layers of a Hugging Face model) every token is a sample, padding
+        excluded (the batch's ``attention_mask``), and batches are weighted by their tokens.
     criterion : str
         A registered criterion: ``msw``, ``msw_rel``, ``cosine``, ``angular``, ``greedy``,
         ``random``, ``depth``.
@@ -282,9 +284,12 @@ def score_blocks(
     batch_score = crit.batch_score
     sums = {b.name: 0.0 for b in blocks}
     counts = {b.name: 0 for b in blocks}
-    step = [0]
+    tokens = {b.name: b.tokens for b in blocks}
+    step, mask = [0], [None]
 
     def on_block(name: str, x: Tensor, y: Tensor) -> None:
+        if tokens[name]:  # each token (padding excluded) one sample
+            x, y = token_rows(x, mask[0]), token_rows(y, mask[0])
         n = x.shape[0]
         if n < 2:
             return
@@ -302,7 +307,9 @@ def score_blocks(
         for i, (x, _) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            call_model(model, to_device(x, device, non_blocking=True))
+            x = to_device(x, device, non_blocking=True)
+            mask[0] = token_mask(x)
+            call_model(model, x)
             step[0] += 1
     finally:
         for h in handles:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Inputs", "to_device", "call_model", "first_samples", "repeat_sample", "batch_size",
-    "model_device", "channels_last",
+    "model_device", "channels_last", "token_mask", "token_rows",
 ]  # fmt: skip
 
 Inputs = Tensor | Sequence[Any] | Mapping[str, Any]
@@ -91,3 +91,22 @@ def channels_last(inputs: Any) -> Any:
     """Every 4-D tensor of the inputs in channels-last memory format (others unchanged)."""
     return _map(inputs, lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4
                 else t)  # fmt: skip
+
+
+def token_mask(inputs: Any) -> Tensor | None:
+    """The ``(B, T)`` mask of real tokens (1) and padding (0) of a batch: its ``attention_mask``
+    entry when it is a dict holding a 2-D one (the convention of Hugging Face tokenizers), else
+    None (every position counts)."""
+    if isinstance(inputs, Mapping):
+        mask = inputs.get("attention_mask")
+        if isinstance(mask, Tensor) and mask.dim() == 2:
+            return mask
+    return None
+
+
+def token_rows(features: Tensor, mask: Tensor | None) -> Tensor:
+    """Tokens of ``features: (B, T, D)`` as rows ``(N, D)``: those where ``mask: (B, T)`` is
+    non-zero, or all ``B * T`` without a mask (or with one of another shape)."""
+    if mask is not None and tuple(mask.shape) == tuple(features.shape[:2]):
+        return features[mask.to(features.device).bool()]
+    return features.reshape(-1, features.shape[-1])

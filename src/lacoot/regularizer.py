@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed as dist_
-from .blocks import Block, flow_tensor, replace_arg, tensor_version
+from .blocks import (
+    Block,
+    flow_tensor,
+    output_tensor,
+    replace_arg,
+    tensor_version,
+    with_output_tensor,
+)
 from .distributed import gather_batch
 from .ot import Method, max_sliced_wasserstein, random_projections
 
@@ -149,7 +156,8 @@ def block_io_hooks(
     model: nn.Module, blocks: Iterable[Block | str], callback: Any
 ) -> list[torch.utils.hooks.RemovableHandle]:
     """Install hooks calling ``callback(name, block_input, block_output)`` after each block runs;
-    a tensor the callback returns replaces the block's output (None: the output is kept).
+    a tensor the callback returns replaces the block's output (None: the output is kept). For a
+    block that returns a tuple, ``block_output`` is its first element (the one replaced).
 
     ``block_input`` is the tensor flowing through the block (its first tensor argument, or the one
     its module names in ``lacoot_flow``; masks and other arguments are not passed on); both keep
@@ -178,16 +186,18 @@ def block_io_hooks(
         def post(m: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name,
                  seen: dict = seen) -> Any:  # fmt: skip
             x = seen.pop("x")
-            if not isinstance(output, Tensor):
+            y = output_tensor(output)
+            if y is None:
                 raise TypeError(f"block {name!r} returned {type(output).__name__}; a block "
-                                "returns one tensor")  # fmt: skip
+                                "returns one tensor, or a tuple starting with one")  # fmt: skip
             if tensor_version(x) != seen["version"]:
                 raise RuntimeError(
                     f"block {name!r} modified its input in place (x += ...), so its input is "
                     "lost; pass the Block found by lacoot.find_blocks (it records this and the "
                     "input is copied first), or compute out of place (x = x + ...)"
                 )
-            return callback(name, x, output)
+            replaced = callback(name, x, y)
+            return None if replaced is None else with_output_tensor(output, replaced)
 
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post, with_kwargs=True))

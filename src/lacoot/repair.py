@@ -9,8 +9,10 @@ a small calibration set and never take a gradient step:
   its input to its output (:class:`LinearPatch`: a 1x1 convolution on ``(B, C, H, W)`` features,
   an ``nn.Linear(D, D)`` on ``(B, D)`` or ``(B, T, D)``), fitted in closed form, block after block.
 
-:func:`repair` applies ``"none"``, ``"bn"`` or ``"linear"`` (patches, then batch-norm
-re-estimation) to the original model and the names of the blocks to remove.
+:func:`repair` applies ``"none"``, ``"bn"``, ``"linear"`` (patches, then batch-norm
+re-estimation) or ``"fused"`` (one least-squares map per run of removed layers folded into the
+layer before it, :mod:`lacoot.fuse`: no extra module, the repair for a library's models that must
+stay normal models of their library) to the original model and the names of the blocks to remove.
 
 A patch costs ``C * C`` MACs per position and ``C * C + C`` parameters. It is not folded into a
 neighbouring layer: in a residual network the patched tensor feeds both the skip path and the next
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .adapters import adapter_for
 from .blocks import (
     Block,
     _check_exists,
@@ -45,7 +48,7 @@ from .regularizer import block_io_hooks
 
 __all__ = ["REPAIRS", "LinearPatch", "check_repair", "linear_patch", "recalibrate_bn", "repair"]
 
-REPAIRS = ("none", "bn", "linear")
+REPAIRS = ("none", "bn", "linear", "fused")
 
 
 def check_repair(method: str, option: str = "repair") -> None:
@@ -434,6 +437,19 @@ def linear_patch(
     return new
 
 
+def _check_patchable(model: nn.Module, names: list[str]) -> None:
+    """Refuse patches inside layer lists that the model's library needs to stay plain lists of
+    its layers (:mod:`lacoot.adapters`): a patch there breaks its cache and its reload."""
+    strict = adapter_for(model).delete_in(model)
+    inside = [n for n in names if _split(n)[0] in strict]
+    if inside:
+        raise ValueError(
+            f"repair 'linear' would put patch modules among the layers {inside} of "
+            f"{type(model).__name__}, which its library's cache and save/reload cannot hold; "
+            "use repair 'fused' (the maps folded into the layers kept)"
+        )
+
+
 def repair(
     model: nn.Module,
     removed: Iterable[str | Block],
@@ -454,8 +470,10 @@ def repair(
         Blocks to remove.
     loader : iterable, optional
         Calibration batches ``(inputs, labels)``; required unless ``method="none"``.
-    method : {"none", "bn", "linear"}
-        ``"none"``: :func:`lacoot.blocks.remove_blocks` only. ``"bn"``: removal, then
+    method : {"none", "bn", "linear", "fused"}
+        ``"fused"``: :func:`lacoot.fuse.fused_linear` (maps folded into the layers kept; no batch
+        norm re-estimation). ``"none"``: :func:`lacoot.blocks.remove_blocks` only.
+        ``"bn"``: removal, then
         :func:`recalibrate_bn`. ``"linear"``: :func:`linear_patch` in place of each block, then
         :func:`recalibrate_bn`. With no removed block, ``"bn"`` and ``"linear"`` still re-estimate
         the batch norm of the full model (a valid repair of it).
@@ -485,7 +503,12 @@ def repair(
     if method != "none" and loader is None:
         raise ValueError(f"method={method!r} needs a calibration loader; got loader=None")
     names = _names(removed)
+    if method == "fused":
+        from .fuse import fused_linear
+
+        return fused_linear(model, names, loader, n_samples)[0]
     if method == "linear":
+        _check_patchable(model, names)
         gone = [n for n in names if n in set(identities)]
         base = identity_blocks(model, gone) if gone else model
         patched = linear_patch(base, [n for n in names if n not in gone], loader, n_samples)
