@@ -75,7 +75,7 @@ def test_a_new_option_is_one_field() -> None:
         ({"model": "resnet9"}, "unknown model 'resnet9'; valid names: "),
         ({"compare": ["cosine", "x"]}, r"unknown criterion 'x' \(compare='x'\); valid names"),
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; valid names"),
-        ({"repair": "prune"}, "repair='prune'; expected 'none', 'bn' or 'linear'"),
+        ({"repair": "prune"}, "repair='prune'; expected 'none', 'bn'"),
         ({"latency_batch_sizes": [1, 0]}, "latency_batch_sizes=.*expected batch sizes >= 1"),
         ({"target_blocks": 2, "target_macs": 0.5}, "at most one budget"),
         ({"lamda": 1}, r"unknown options \['lamda'\]"),

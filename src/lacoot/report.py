@@ -143,13 +143,13 @@ def _md_reproducibility(report: dict[str, Any]) -> list[str]:
     det = env.get("determinism") or {}
     trained = report.get("train_environment") or {}
     where = trained.get("machine", "?")
-    same = trained.get("machine") == env.get("machine") and trained.get("torch") == env["torch"]
+    same = trained.get("machine") == env.get("machine") and trained.get("torch") == env.get("torch")
+    threads = det.get("torch_threads", env.get("cpu_threads", "?"))
     lines = [
         "## Reproducibility\n",
-        f"- this report: machine {env.get('machine', '?')} ({env['platform']}), torch "
-        f"{env['torch']}, {env['device']}, {det.get('torch_threads', env['cpu_threads'])} "
-        f"torch threads, deterministic algorithms "
-        f"{'on' if det.get('deterministic_algorithms') else 'off'}",
+        f"- this report: machine {env.get('machine', '?')} ({env.get('platform', '?')}), torch "
+        f"{env.get('torch', '?')}, {env.get('device', '?')}, {threads} torch threads, "
+        f"deterministic algorithms {'on' if det.get('deterministic_algorithms') else 'off'}",
     ]
     if trained:
         tdet = trained.get("determinism") or {}
