@@ -14,13 +14,15 @@ Trains, in parallel worker processes (one GPU is shared well by several small tr
   warm-up epoch), ``lacoot run``'s own MACs budget (``macs0.55-*``, for any depth), and the
   shallow networks at ``k`` = 2, 4, 6 (``--scratch-k``) trained from scratch with the same
   schedule (architecture: blocks removed stage by stage from the deepest, see
-  :func:`spread_order`).
+  :func:`spread_order`: another net than the LaCoOT models collapse to, with fewer parameters;
+  ``benchmarks/headline.py`` trains the same architecture from scratch).
 
 Select jobs with ``--only``; ``--no-eval`` trains only and ``--pack DIR`` writes the trained
 weights (two files) so that ``--unpack`` evaluates them on another machine.
 
 Every trained model (except those from scratch) is then collapsed in ``msw``, ``msw_rel``,
-``cosine`` and ``greedy`` order at every depth, unrepaired and with each repair (``bn``,
+``cosine`` and ``greedy`` order at every depth by the pipeline's own sweep (as ``lacoot collapse``:
+``greedy`` scored with the sweep's repair), unrepaired and with each repair (``bn``,
 ``linear``), on the validation split (calibration and choice) and the test split (reported).
 
 Each finished job writes ``WORK/NAME/result.json`` at once and the summary ``OUT.json`` is
@@ -48,15 +50,15 @@ from typing import Any
 
 import torch
 
-from lacoot._io import atomic_write_text
-from lacoot.blocks import Block, remove_blocks
-from lacoot.checkpoint import faded_blocks
-from lacoot.collapse import stages, sweep
-from lacoot.config import TrainConfig
-from lacoot.criteria import score_blocks
-from lacoot.metrics import Memoized, top1_accuracy
-from lacoot.ot import max_sliced_wasserstein
-from lacoot.pipeline import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _collapse_jobs import spread_order, sweep_every_way, train_scratch  # noqa: E402
+
+from lacoot._io import atomic_write_text  # noqa: E402
+from lacoot.blocks import Block  # noqa: E402
+from lacoot.config import TrainConfig  # noqa: E402
+from lacoot.ot import max_sliced_wasserstein  # noqa: E402
+from lacoot.pipeline import (  # noqa: E402
     RunConfig,
     build_model,
     environment,
@@ -64,7 +66,7 @@ from lacoot.pipeline import (
     prepare_data,
     run_training,
 )
-from lacoot.train import load_checkpoint, resolve_device, train
+from lacoot.train import load_checkpoint, resolve_device  # noqa: E402
 
 ORDERS = ("msw", "msw_rel", "cosine", "greedy")  # greedy (the costly one) in the main phase only
 REPAIRS = ("bn", "linear")  # each sweep also records the unrepaired figures
@@ -91,18 +93,6 @@ class Job:
 
 
 # ---------------------------------------------------------------------------------- the plan
-def spread_order(blocks: list[Block]) -> list[str]:
-    """One block from each stage (:func:`lacoot.collapse.stages`) in turn, stages from the
-    deepest, the deepest remaining block first. The removal order of the from-scratch nets."""
-    stacks = [list(g) for g in reversed(stages(blocks))]
-    order: list[str] = []
-    while any(stacks):
-        for stack in stacks:
-            if stack:
-                order.append(stack.pop().name)
-    return order
-
-
 def screen_overrides(scale: str, which: str, lam: float) -> dict[str, Any]:
     """``all``: every block penalised (no budget: ``target_macs`` 1 overrides the default one);
     ``tgt4``: a 4-block budget chosen after one warm-up epoch."""
@@ -282,60 +272,16 @@ def estimator_ratio(model: torch.nn.Module, blocks: list[Block], loader: Any) ->
 def evaluate_collapses(
     ckpt: Path, device: torch.device, calib: int, seed: int, orders: tuple[str, ...] = ORDERS
 ) -> dict[str, Any]:
+    """The checkpoint's model swept in ``orders`` with each repair of ``REPAIRS`` (every point
+    also holds its unrepaired figures) by the pipeline's own sweep, and the estimators' ratio."""
+    say = lambda m: print(f"  {ckpt.parent.name}: {m}", flush=True)  # noqa: E731
+    res = sweep_every_way(ckpt, str(device), seed, orders, REPAIRS, calib, say=say)
     state = load_checkpoint(ckpt, map_location=device)
     model, blocks, spec = model_from_checkpoint(state, ckpt, device)
     data = prepare_data(spec, device, seed=seed)
-    sweeps: dict[str, Any] = {}
-    scores: dict[str, Any] = {}
-    memo = Memoized(top1_accuracy)  # orders and repairs share collapses: each evaluated once
-    faded = faded_blocks(state)  # removed outright: a linear patch would bring them back
-    for order in orders:
-        t0 = time.perf_counter()
-        scores[order] = score_blocks(
-            model, blocks, data.val, criterion=order, seed=seed, repair="bn", calib_samples=calib,
-            evaluate=memo, identities=faded,
-        )  # fmt: skip
-        for repair in REPAIRS:
-            sw = sweep(
-                model, blocks, scores[order], data.val, data.test, latency_batch_sizes=(),
-                repair=repair, calib_loader=data.val, calib_samples=calib, evaluate=memo,
-                identities=faded,
-            )  # fmt: skip
-            sweeps[f"{order}/{repair}"] = sw.to_dict()
-        print(
-            f"  {ckpt.parent.name}: {order} swept in {time.perf_counter() - t0:.1f} s "
-            f"({memo.hits} of {memo.calls} evaluations remembered)", flush=True,
-        )  # fmt: skip
-    return {
-        "blocks": [b.to_dict() for b in blocks],
-        "full_macs": next(iter(sweeps.values()))["points"][0]["macs"],
-        "targets": state["regularizer"].get("targets"),
-        "faded": faded,
-        "history": state["history"],
-        "train_config": state["train_config"],
-        "scores": scores,
-        "sweeps": sweeps,
-        "estimators": estimator_ratio(model, blocks, data.val),
-    }
-
-
-def train_scratch(cfg: RunConfig, removed: list[str]) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
-    data = prepare_data(cfg.data_spec(), device, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    spec = {"name": cfg.model, "num_classes": data.num_classes,
-            "in_channels": data.image_shape[0], "kwargs": dict(cfg.model_args)}  # fmt: skip
-    model = remove_blocks(build_model(spec), removed).to(device)
-    result = train(model, [], data.train, data.val, cfg.train_config(), out_dir=cfg.out,
-                   device=device, progress=False)  # fmt: skip
-    full = sweep(model, [], {}, data.val, data.test, latency_batch_sizes=()).full  # measured
-    return {
-        "removed": removed,
-        "history": result.history,
-        "val_accuracy": full.val_accuracy,
-        "test_accuracy": full.test_accuracy,
-        "macs": full.macs,
-    }
+    res["blocks"] = [b.to_dict() for b in blocks]
+    res["estimators"] = estimator_ratio(model, blocks, data.val)
+    return res
 
 
 def run_job(args: argparse.Namespace, job: Job) -> dict[str, Any]:
@@ -349,7 +295,7 @@ def run_job(args: argparse.Namespace, job: Job) -> dict[str, Any]:
     cfg = run_config(args, job)
     try:
         if job.scratch is not None:
-            res = train_scratch(cfg, job.scratch)
+            res = train_scratch(cfg, job.scratch)[1]
         else:
             ckpt = out / "checkpoint.pt"
             if not (ckpt.is_file() and len(load_checkpoint(ckpt)["history"]) == job.epochs):

@@ -73,6 +73,7 @@ def step(v: dict[str, Any], x: Tensor, y: Tensor) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = zoo.create("resnet20", num_classes=10, in_channels=1).to(memory_format=layout)
     blocks = lacoot.find_blocks(base, torch.zeros(2, 1, 28, 28))
     g = torch.Generator().manual_seed(args.seed + 1)
-    data = [(torch.randn(128, 1, 28, 28, generator=g).contiguous(memory_format=layout),
-             torch.randint(0, 10, (128,), generator=g)) for _ in range(4)]  # fmt: skip
+    bs = args.batch_size
+    data = [(torch.randn(bs, 1, 28, 28, generator=g).contiguous(memory_format=layout),
+             torch.randint(0, 10, (bs,), generator=g)) for _ in range(4)]  # fmt: skip
     runs = variants(base, blocks)
     order, times = list(runs), {k: [] for k in runs}
     load_before = loadavg()
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "argv": ["flatten_ab.py", *(sys.argv[1:] if argv is None else argv)],
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seed": args.seed, "threads": args.threads, "repeats": args.repeats,
+            "batch_size": args.batch_size,
             "warmup": args.warmup, "loadavg_before": load_before, "loadavg_after": loadavg(),
             "torch": torch.__version__, "lacoot": lacoot.__version__,
             "python": platform.python_version(), "cpu_model": cpu_model(),
@@ -126,7 +129,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"`python benchmarks/{' '.join(meta['argv'])}` on {meta['date']}; {meta['cpu_model']}, "
         f"torch {meta['torch']}, {meta['threads']} thread(s), seed {meta['seed']}; load average "
         f"before / after {meta['loadavg_before']} / {meta['loadavg_after']}. resnet20, "
-        "channels-last, synthetic 1x28x28 batches of 128; one SGD step per call; "
+        f"channels-last, synthetic 1x28x28 batches of {meta.get('batch_size', 128)}; "
+        "one SGD step per call; "
         f"{meta['repeats']} timed rounds after {meta['warmup']} untimed, variants rotated.",
         "",
         "| variant | step ms, median [IQR] | ratio of medians | per-round ratio, median [IQR] |",

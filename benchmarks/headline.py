@@ -447,12 +447,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="docs/results/headline", help="results (committed)")
     p.add_argument("--report-only", action="store_true", help="regenerate headline.json/md")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes (1 epoch, a narrow resnet20, orders msw and depth, 64 "
+                   help="tiny sizes (1 epoch, a narrow resnet20, order msw, 64 "
                    "calibration images, seed 0): what the test runs")  # fmt: skip
     args = p.parse_args(argv)
     if args.smoke:
         args.epochs, args.calib, args.seeds = 1, 64, [0]
-        args.orders = args.orders or ["msw", "depth"]
+        args.orders = args.orders or ["msw"]
         args.model_args = args.model_args or {"widths": [4, 8, 8]}
     args.in_channels, args.size = 1, 28  # the image datasets of the headline: 1 x 28 x 28
     return args
