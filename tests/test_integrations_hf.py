@@ -343,3 +343,57 @@ def test_import_lacoot_does_not_import_transformers():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("distance", ["angular", "cosine"])
+def test_windows_match_the_hidden_states(distance):
+    """Gromov's angular distance (last real token) and ReplaceMe's cosine distance (every real
+    token) between h_s and h_{s+n}, against the hidden states transformers returns."""
+    from lacoot.windows import best_window, window_distances
+
+    model = _model("llama")
+    ids, mask = _batch()
+    blocks = lacoot.find_blocks(model, {"input_ids": ids})
+    loader = [({"input_ids": ids, "attention_mask": mask}, ids)]
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    n = 2
+    got = window_distances(model, blocks[:-1], loader, n, distance)  # h_4 is before the norm
+    real = mask.bool()
+    for s in range(len(got)):
+        a, b = hidden[s].double(), hidden[s + n].double()
+        if distance == "angular":
+            cos = torch.nn.functional.cosine_similarity(a[:, -1], b[:, -1], dim=1)
+            want = (torch.arccos(cos) / torch.pi).mean()
+        else:
+            want = (1 - torch.nn.functional.cosine_similarity(a[real], b[real], dim=1)).mean()
+        assert got[s] == pytest.approx(float(want), rel=1e-6, abs=1e-9)
+    best = min(range(len(got)), key=lambda s: got[s])
+    names = best_window(model, blocks[:-1], loader, n, distance)
+    assert names == [blocks[best].name, blocks[best + 1].name]
+
+
+def test_penalty_takes_each_real_token_as_a_sample():
+    """On decoder layers the penalty is the mean over layers of MSW between the real tokens of
+    the layer's input and output (rows ``(N, D)``, padding left out), as POT-checked
+    ``lacoot.ot`` computes it on those rows."""
+    from lacoot.ot import max_sliced_wasserstein, random_projections
+
+    model = _model("llama").train()
+    ids, mask = _batch()
+    blocks = lacoot.find_blocks(model, {"input_ids": ids})
+    seen = {}
+    hooks = [model.get_submodule(b.name).register_forward_hook(
+        lambda m, a, k, o, n=b.name: seen.__setitem__(n, (a[0] if a else k["hidden_states"], o)),
+        with_kwargs=True) for b in blocks]  # fmt: skip
+    with lacoot.MSWRegularizer(model, blocks, lam=2.0, method="random", seed=3) as reg:
+        model(input_ids=ids, attention_mask=mask)
+        penalty = reg.penalty()
+    for h in hooks:
+        h.remove()
+    real = mask.bool()
+    theta = random_projections(32, 50, 3)
+    want = torch.stack([
+        max_sliced_wasserstein(x[real].detach(), y[real].detach(), projections=theta)
+        for x, y in (seen[b.name] for b in blocks)]).mean() * 2.0  # fmt: skip
+    torch.testing.assert_close(penalty.detach(), want, rtol=1e-5, atol=1e-6)

@@ -1,8 +1,9 @@
 """The LaCoOT penalty: ``lam * mean_b MSW(X_b, Y_b)`` over collapsible blocks, as a loss term.
 
 Forward hooks capture each block's input ``X_b`` and output ``Y_b`` during the model's own forward
-pass; :meth:`MSWRegularizer.penalty` flattens each sample to one vector and returns the mean
-Max-Sliced Wasserstein distance, scaled by ``lam``, with gradients flowing into the network.
+pass; :meth:`MSWRegularizer.penalty` flattens each sample to one vector (each real token, for the
+layers of a sequence model: ``Block.tokens``) and returns the mean Max-Sliced Wasserstein
+distance, scaled by ``lam``, with gradients flowing into the network.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .blocks import (
     with_output_tensor,
 )
 from .distributed import gather_batch
+from .inputs import token_mask, token_rows
 from .ot import Method, max_sliced_wasserstein, random_projections
 
 __all__ = ["MSWRegularizer", "block_io_hooks", "power_spread"]
@@ -328,6 +330,15 @@ class MSWRegularizer:
         self._captured: dict[str, tuple[Tensor, Tensor]] = {}
         self._drawn: tuple[int, dict[tuple, Tensor]] = (-1, {})  # (step, width -> directions)
         self._handles = block_io_hooks(model, blocks, self._capture)
+        # blocks whose features are tokens: every real token one sample, padding read from the
+        # ``attention_mask`` the model is called with
+        self.tokens = {b.name for b in blocks if isinstance(b, Block) and b.tokens}
+        self._mask: Tensor | None = None
+        if self.tokens:
+            self._handles.append(model.register_forward_pre_hook(self._see_mask, with_kwargs=True))
+
+    def _see_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._mask = token_mask(kwargs)
 
     def _capture(self, name: str, x: Tensor, y: Tensor) -> None:
         self._captured[name] = (x.detach() if self.stop_input_grad else x, y)
@@ -422,7 +433,10 @@ class MSWRegularizer:
             if name not in captured:
                 raise RuntimeError(f"block {name!r} was not run in the last forward pass")
             x, y = captured[name]
-            x, y, layout = flat_layout(x, y)
+            if name in self.tokens:
+                x, y, layout = token_rows(x, self._mask), token_rows(y, self._mask), None
+            else:
+                x, y, layout = flat_layout(x, y)
             if self.gather:  # one collective per block: (B, 2, d) -> (sum_r B_r, 2, d)
                 both = gather_batch(torch.stack([x, y], dim=1))
                 x, y = both[:, 0], both[:, 1]

@@ -21,6 +21,7 @@ imported). For a ``PreTrainedModel``:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..adapters import ModelAdapter, register_adapter
 
-__all__ = ["HFAdapter", "layer_lists", "config_layer_count"]
+__all__ = ["HFAdapter", "layer_lists", "config_layer_count", "from_gguf"]
 
 # config attributes that count layers (``n_layer`` and ``num_layers`` are aliases of
 # ``num_hidden_layers`` in the configs that use them); the decoder's own count first for a
@@ -205,3 +206,28 @@ def _tensors_only(value: Any) -> bool:
 
 
 register_adapter(HFAdapter())
+
+
+def from_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+    """A GGUF file (``folder/name.gguf``) as a plain ``transformers`` causal LM in ``dtype``, and
+    its tokenizer.
+
+    ``transformers`` dequantises every tensor on load but keeps the model marked as quantised with
+    GGUF, which ``save_pretrained`` refuses; the weights being plain tensors, the mark is removed
+    here, so the model (and any collapse of it) saves and reloads as a normal model. Needs the
+    ``gguf`` package.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist; expected a .gguf file")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    model.hf_quantizer = None
+    if "is_quantized" in vars(model):
+        model.is_quantized = False
+    for config in _configs(model):
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+    return model.eval(), tokenizer
