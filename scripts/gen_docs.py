@@ -1,0 +1,270 @@
+"""Generate the parts of the documentation that the code and the results already say.
+
+* the README's results section (between ``<!-- results:start`` and ``<!-- results:end -->``),
+  from the committed JSON files it names: ``docs/results/headline/headline.json``
+  (``benchmarks/headline.py``) and, until that headline has three seeds of every model, the
+  older seed-0 figures of ``docs/benchmarks/headline.json`` and ``collapse_quality.json``;
+* ``docs/reference/cli.md``: every subcommand's ``--help``, from the parser the command builds;
+* ``docs/reference/api.md``: every name of ``lacoot.__all__``, its signature and the first
+  paragraph of its docstring.
+
+    python scripts/gen_docs.py           # rewrite them
+    python scripts/gen_docs.py --check   # exit 1 when one is stale (what a test runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+NEW = ROOT / "docs" / "results" / "headline" / "headline.json"
+OLD = ROOT / "docs" / "benchmarks" / "headline.json"
+OLD_DETAIL = ROOT / "docs" / "benchmarks" / "collapse_quality.json"
+START, END = "<!-- results:start", "<!-- results:end -->"
+SEEDS = [0, 1, 2]
+LABELS = {
+    "vanilla": "vanilla, full model",
+    "vanilla_best_repair": "vanilla collapsed, best order and repair",
+    "lacoot_default": "LaCoOT, `lacoot run`'s defaults",
+    "paper": "LaCoOT, the paper's configuration",
+    "scratch_same_arch": "the same architecture, trained from scratch",
+    "scratch_deepest_first": "deepest-first shallow net, trained from scratch",
+}
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _test(row: dict[str, Any]) -> str:
+    std = f" ± {row['test_std']:.2f}" if row.get("test_std") is not None else ""
+    return f"{row['test_mean']:.2f}{std}"
+
+
+def _one(v: Any) -> Any:
+    return v if not isinstance(v, list) else v[0] if all(x == v[0] for x in v) else None
+
+
+def complete(h: dict[str, Any] | None) -> bool:
+    """Whether the headline holds every model at every seed."""
+    return h is not None and all(sorted(h["seeds"].get(job, [])) == SEEDS
+                                 for job in LABELS if job != "vanilla_best_repair")  # fmt: skip
+
+
+def new_table(h: dict[str, Any]) -> list[str]:
+    k, env = h["reported_k"], h["environment"]
+    lines = [
+        f"resnet20 on Fashion-MNIST, {h['schedule']['epochs']} epochs, {env['device']} "
+        f"{env['precision']}, torch {env['torch']} "
+        f"([`{_rel(NEW)}`]({_rel(NEW)}), `python benchmarks/headline.py`); test accuracy (%), "
+        "mean ± std over the seeds shown; every model swept in every order with every repair, "
+        "the order and repair chosen on validation:",
+        "",
+        "| model | blocks removed | parameters | MACs | test accuracy | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for job, label in LABELS.items():
+        row = next((r for r in h["rows"].get(job, []) if r["k"] == (0 if job == "vanilla" else k)),
+                   None)  # fmt: skip
+        if row is None:
+            continue
+        params, macs = _one(row["params"]), _one(row["macs_fraction"])
+        lines.append(
+            f"| {label} | {row['k']} | {f'{params:,}' if params else 'per seed'} | "
+            f"{_pct(macs) if macs else 'per seed'} | {_test(row)} | "
+            f"{', '.join(map(str, row['seeds']))} |"
+        )
+    t = h["targets"]
+    lines += ["", "Targets (on `lacoot run`'s defaults): " + "; ".join(
+        f"`{name}` {t[name]}" for name in ("within_1pt_of_vanilla", "near_scratch_same_arch",
+                                           "above_vanilla_every_k"))]  # fmt: skip
+    return lines
+
+
+def old_table() -> list[str]:
+    old = json.loads(OLD.read_text())
+    detail = json.loads(OLD_DETAIL.read_text())["results"]
+    best, k = old["best"], old["best"]["k"]
+    lac = detail[f"main-{best['config']}"]
+    lac_points = lac["sweeps"][f"{best['criterion']}/bn"]["points"]
+    lac_pt = lac_points[k]
+    vanilla_linear = max(sw["points"][k]["test_accuracy"]
+                         for key, sw in detail["main-vanilla"]["sweeps"].items()
+                         if key.endswith("/linear"))  # fmt: skip
+    vanilla_bn = next(
+        sw["points"][k]
+        for key, sw in sorted(detail["main-vanilla"]["sweeps"].items())
+        if key.endswith("/bn")
+        and sw["points"][k]["test_accuracy"] == old["baseline_vanilla_bn"][str(k)]
+    )
+    scratch = detail[f"main-scratch-k{k}"]
+    scratch_params = _params_without(scratch["removed"])
+    return [
+        f"The older seed-0 headline ([`{_rel(OLD)}`]({_rel(OLD)}), details in "
+        f"[`{_rel(OLD_DETAIL)}`]({_rel(OLD_DETAIL)})): resnet20 on Fashion-MNIST, "
+        "15 epochs, one seed. **It compares unlike things**: see the notes under the table.",
+        "",
+        "| model (seed 0) | blocks removed | parameters | MACs | test accuracy |",
+        "|---|---|---|---|---|",
+        f"| vanilla, full model | 0 | {lac_points[0]['params']:,} | 100% | "
+        f"{old['vanilla_full_test']:.2f} |",
+        f"| LaCoOT (`{best['config']}`: a 4-block budget, lambda 1, fade 0.6), order "
+        f"`{best['criterion']}`, repair `{best['repair']}` | {k} | {lac_pt['params']:,} | "
+        f"{_pct(best['macs_fraction'])} | {best['test']:.2f} |",
+        f"| deepest-first shallow net, trained from scratch | {k} | {scratch_params:,} "
+        f"(computed) | {_pct(scratch['macs'] / lac['full_macs'])} | {old['scratch'][str(k)]:.2f} |",
+        f"| vanilla collapsed, best order + batch-norm re-estimation | {k} | "
+        f"{vanilla_bn['params']:,} | {_pct(vanilla_bn['macs'] / lac['full_macs'])} | "
+        f"{old['baseline_vanilla_bn'][str(k)]:.2f} |",
+        "",
+        "- the from-scratch net is another architecture than the collapsed LaCoOT net (one block "
+        "removed per stage, deepest stage first; fewer parameters), so the two rows do not "
+        "compare like with like;",
+        "- vanilla and the from-scratch nets were trained on a GPU in bfloat16 (torch 2.11, the "
+        "code of 27 November), the LaCoOT model on CPU in float32 (torch 2.13, channels-last, the "
+        "code of 3-4 December);",
+        f"- the LaCoOT row's order is `{best['criterion']}`, not LaCoOT's own `msw`, and the "
+        "configuration is not `lacoot run`'s default (a 55% MACs budget);",
+        "- the vanilla baseline got batch-norm re-estimation only; with linear patches it keeps "
+        f"{vanilla_linear:.2f} at k = {k}.",
+    ]
+
+
+def _params_without(removed: list[str]) -> int:
+    from lacoot.blocks import remove_blocks
+    from lacoot.models import create
+
+    model = remove_blocks(create("resnet20", num_classes=10, in_channels=1), removed)
+    return sum(p.numel() for p in model.parameters())
+
+
+def readme_block() -> str:
+    h = json.loads(NEW.read_text()) if NEW.is_file() else None
+    if complete(h):
+        lines = new_table(h)
+    else:
+        seeds = (h or {}).get("seeds", {})
+        done = ", ".join(f"{job} (seeds {', '.join(map(str, s))})" for job, s in seeds.items())
+        done = done or "none yet"
+        lines = [
+            "**The same-environment headline is in progress.** `python benchmarks/headline.py` "
+            "trains, in one environment and for seeds 0, 1 and 2: vanilla, `lacoot run`'s "
+            "defaults, the paper's configuration, the exact architecture `lacoot run`'s model "
+            "collapses to trained from scratch, and a deepest-first shallow net; every model is "
+            "swept in every order with every repair. Finished so far: "
+            f"{done} ([`docs/results/headline/`](docs/results/headline/)).",
+            "",
+        ]
+        if h is not None and h["rows"]:
+            lines += ["Its partial figures:", "", *new_table(h), ""]
+        lines += old_table()
+    return "\n".join([START + " (generated by scripts/gen_docs.py; do not edit) -->",
+                      *map(_wrap, lines), END])  # fmt: skip
+
+
+def _wrap(line: str) -> str:
+    """A prose line wrapped at 100 columns (tables and blank lines as they are)."""
+    if not line or line.startswith("|"):
+        return line
+    indent = "  " if line.startswith("- ") else ""
+    return textwrap.fill(line, 100, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False)  # fmt: skip
+
+
+def readme_text() -> str:
+    text = README.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return head + readme_block() + tail
+
+
+# --------------------------------------------------------------------------- reference
+def cli_reference() -> str:
+    from lacoot.cli import build_parser
+
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: a fixed width
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parts = [
+        "# `lacoot` command-line reference",
+        "",
+        "Generated by `python scripts/gen_docs.py` from the parser the command builds (its "
+        "options derive from `lacoot.config`); `lacoot COMMAND --help` prints the same. Options "
+        "of `train` and `run` can also come from a YAML file (`--config`), flags overriding it.",
+        "",
+        "```text",
+        parser.format_help().rstrip(),
+        "```",
+    ]
+    for name, p in sub.choices.items():
+        parts += ["", f"## `lacoot {name}`", "", "```text", p.format_help().rstrip(), "```"]
+    return "\n".join(parts) + "\n"
+
+
+def _first_paragraph(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def api_reference() -> str:
+    import lacoot
+
+    parts = [
+        "# Python API reference",
+        "",
+        "Generated by `python scripts/gen_docs.py` from `lacoot.__all__`: each public name, its "
+        "signature and the first paragraph of its docstring (`help(lacoot.NAME)` has the rest).",
+    ]
+    for name in lacoot.__all__:
+        obj = getattr(lacoot, name)
+        if name == "__version__":
+            parts += ["", "## `lacoot.__version__`", "", "The installed version, a string."]
+            continue
+        try:
+            sig = str(inspect.signature(obj)) if callable(obj) else ""
+        except (TypeError, ValueError):
+            sig = ""
+        kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "constant"
+        parts += ["", f"## `lacoot.{name}`", "", f"{kind}: `{name}{sig}`" if sig else kind]
+        para = _first_paragraph(obj) if kind != "constant" else repr(obj)
+        if para:
+            parts += ["", para]
+    return "\n".join(parts) + "\n"
+
+
+def outputs() -> dict[Path, str]:
+    ref = ROOT / "docs" / "reference"
+    return {README: readme_text(), ref / "cli.md": cli_reference(), ref / "api.md": api_reference()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if a generated file is stale")
+    args = p.parse_args(argv)
+    stale = []
+    for path, text in outputs().items():
+        if path.is_file() and path.read_text() == text:
+            continue
+        stale.append(_rel(path))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if stale:
+        print(("stale: " if args.check else "written: ") + ", ".join(stale))
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
