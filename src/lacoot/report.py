@@ -94,6 +94,10 @@ def _on_train_split(report: dict[str, Any]) -> bool:
     return report.get("val_from") == "train"
 
 
+def _split_name(report: dict[str, Any]) -> str:
+    return "training-split" if _on_train_split(report) else "validation"
+
+
 def _md_input(report: dict[str, Any]) -> list[str]:
     """The input the checkpoint and ``shallow.pt`` expect (their normalisation)."""
     pre = report.get("preprocessing")
@@ -168,7 +172,7 @@ def _md_faded(report: dict[str, Any]) -> list[str]:
         return []
     return [
         f"- faded out during training (the model trained last computes without them): "
-        f"{', '.join(ref['faded'])}; validation accuracy without them "
+        f"{', '.join(ref['faded'])}; {_split_name(report)} accuracy without them "
         f"{_fmt(ref.get('faded_val_accuracy'))}%, with them switched back on "
         f"{_fmt(report['sweeps'][report['criterion']]['points'][0]['val_accuracy'])}%; "
         f"max_drop is measured from the {ref['model']} ({_fmt(ref['val_accuracy'])}%)"
@@ -268,7 +272,10 @@ def plot_sweeps(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        warnings.warn("matplotlib is not installed: no plot written", stacklevel=2)
+        warnings.warn(
+            "matplotlib is not installed: no plot written (pip install 'lacoot[cli]')",
+            stacklevel=2,
+        )
         return False
     fig, (ax_macs, ax_k) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, sw in sweeps.items():
