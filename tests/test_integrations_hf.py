@@ -397,3 +397,29 @@ def test_penalty_takes_each_real_token_as_a_sample():
         max_sliced_wasserstein(x[real].detach(), y[real].detach(), projections=theta)
         for x, y in (seen[b.name] for b in blocks)]).mean() * 2.0  # fmt: skip
     torch.testing.assert_close(penalty.detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_dispatched_with_disk_offload_scores_and_collapses(tmp_path):
+    """``device_map`` with layers offloaded to disk (accelerate's hooks load each layer's weights
+    when it runs): the scores and the collapse equal those of the same model loaded whole."""
+    pytest.importorskip("accelerate")
+    _model("llama").save_pretrained(tmp_path / "m")
+    whole = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    where = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu",
+             "lm_head": "cpu", **{f"model.layers.{i}": "disk" if i % 2 else "cpu"
+                                  for i in range(5)}}  # fmt: skip
+    split = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "m", device_map=where, offload_folder=tmp_path / "off").eval()  # fmt: skip
+    assert any(p.device.type == "meta" for p in split.parameters())  # really offloaded
+    ids, mask = _batch()
+    loader = [({"input_ids": ids, "attention_mask": mask}, ids)]
+    scores = {}
+    for name, m in (("whole", whole), ("split", split)):
+        blocks = lacoot.find_blocks(m, {"input_ids": ids})
+        scores[name] = lacoot.score_blocks(m, blocks, loader, criterion="msw")
+    assert scores["split"] == pytest.approx(scores["whole"], rel=1e-6)
+    a = lacoot.collapse(split, ["model.layers.1", "model.layers.2"])
+    b = lacoot.collapse(whole, ["model.layers.1", "model.layers.2"])
+    with torch.no_grad():
+        torch.testing.assert_close(a(input_ids=ids, attention_mask=mask).logits,
+                                   b(input_ids=ids, attention_mask=mask).logits)  # fmt: skip
