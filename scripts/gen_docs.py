@@ -87,9 +87,9 @@ def new_table(h: dict[str, Any]) -> list[str]:
             f"{', '.join(map(str, row['seeds']))} |"
         )
     t = h["targets"]
-    lines += ["", "Targets (on `lacoot run`'s defaults): " + "; ".join(
-        f"`{name}` {t[name]}" for name in ("within_1pt_of_vanilla", "near_scratch_same_arch",
-                                           "above_vanilla_every_k"))]  # fmt: skip
+    names = ("within_1pt_of_vanilla", "near_scratch_same_arch", "above_vanilla_every_k")
+    verdicts = [f"`{n}` {'pending' if t[n] is None else t[n]}" for n in names]
+    lines += ["", "Targets (on `lacoot run`'s defaults): " + "; ".join(verdicts)]
     return lines
 
 
