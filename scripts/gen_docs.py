@@ -238,7 +238,8 @@ def api_reference() -> str:
             sig = ""
         kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "constant"
         parts += ["", f"## `lacoot.{name}`", "", f"{kind}: `{name}{sig}`" if sig else kind]
-        para = _first_paragraph(obj) if kind != "constant" else repr(obj)
+        doc_of = getattr(obj, name) if inspect.ismodule(obj) else obj  # a callable module
+        para = _first_paragraph(doc_of) if kind != "constant" else repr(obj)
         if para:
             parts += ["", para]
     return "\n".join(parts) + "\n"
