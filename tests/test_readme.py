@@ -105,3 +105,19 @@ def test_reference_covers_every_option_and_public_name() -> None:
     api = (ROOT / "docs" / "reference" / "api.md").read_text()
     for name in lacoot.__all__:
         assert f"## `lacoot.{name}`" in api, f"{name} missing: run scripts/gen_docs.py"
+
+
+def test_your_model_guide_language_model_collapses_exactly() -> None:
+    guide = ROOT / "docs" / "guide" / "your-model.md"
+    ns = run(next(s for s in snippets(guide) if "class TinyGPT" in s), guide)
+    assert [b.name for b in ns["blocks"]] == [f"layers.{i}" for i in range(4)]
+    sweep = ns["lm_sweep"]
+    assert sweep.metric == "negative_perplexity" and len(sweep.points) == 5
+    assert all(p.val_accuracy < -1 for p in sweep.points)  # minus a perplexity
+    small, lm = ns["small"], ns["lm"]
+    assert len(small.layers) == 2  # deleted from the ModuleList: checked to compute the same
+    ids = ns["data"][1][0]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            small.eval()(ids), lacoot.identity_blocks(lm, sweep.points[2].removed).eval()(ids)
+        )
