@@ -7,6 +7,7 @@ way wherever its figures appear.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,7 +51,10 @@ def spread_order(blocks: list[Block]) -> list[str]:
 
 def git_commit(root: Path | None = None) -> str:
     """The repository's ``HEAD`` commit, with ``-dirty`` when tracked files differ from it;
-    ``unknown`` outside a git checkout."""
+    ``unknown`` outside a git checkout. ``$LACOOT_COMMIT`` overrides it (a copy of the code run
+    where its repository is not, such as an exported tree on another machine)."""
+    if os.environ.get("LACOOT_COMMIT"):
+        return os.environ["LACOOT_COMMIT"]
     root = root or Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
