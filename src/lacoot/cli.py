@@ -239,6 +239,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         + f"): {done['macs'] / 1e6:.2f} M MACs per sample, {done['params'] / 1e6:.3f} M "
         f"parameters, {done['latency_ms']:.2f} ms per sample (batch 1, {timed})"
     )
+    cond = done["latency_conditions"]
+    if cond["under_load"]:
+        print(f"lacoot: warning: the latency was taken under load ({'; '.join(cond['reasons'])}); "
+              "measure again on an idle machine", file=sys.stderr)  # fmt: skip
     if done["sidecar"] is not None:
         takes = (
             "pixel / 255: the normalisation is its first layer"

@@ -730,9 +730,14 @@ def run_export(
         shallow = repair(model, removed, calib, opts.repair, opts.calib_samples,
                          identities=faded_blocks(state)).eval()  # fmt: skip
     pre = state.get("preprocessing") or (data.preprocessing if data is not None else {})
-    return export_model(shallow, output, fmt, example, state["model_spec"], removed, fold_bn,
-                        optimize=optimize, preprocessing=pre,
-                        embed_normalization=embed_normalization)  # fmt: skip
+    before = load_average()
+    with recording_latencies() as timed:
+        done = export_model(shallow, output, fmt, example, state["model_spec"], removed, fold_bn,
+                            optimize=optimize, preprocessing=pre,
+                            embed_normalization=embed_normalization)  # fmt: skip
+    spreads = [t.spread for t in timed]
+    done["latency_conditions"] = latency_conditions(spreads, before, load_average(), dev)
+    return done
 
 
 def _config_text(cfg: RunConfig) -> str:
