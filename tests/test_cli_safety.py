@@ -290,3 +290,6 @@ def test_a_base_install_runs_to_its_report_or_names_the_install_line(work: Path)
     proc = _base_install(work, "train", "--config", "opts.yaml", "--out", "base2")
     assert proc.returncode == 2 and "needs pyyaml: pip install 'lacoot[cli]'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (work / "base2").exists()
+    (work / "opts.json").write_text('{"epochs": 0}')  # JSON needs no pyyaml: its value is read
+    proc = _base_install(work, "train", "--config", "opts.json", "--out", "base2")
+    assert proc.returncode == 2 and "--epochs 0; expected an integer > 0" in proc.stderr
