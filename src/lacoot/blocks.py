@@ -120,6 +120,7 @@ class ModuleCall:
     output: Any = None
     callees: list[ModuleCall] = field(default_factory=list)
     version: int = 0  # the input's version counter before the call
+    end_version: int = 0  # the output's version counter when the call returned
     inplace: bool = False  # the call modified its input in place
 
     @property
@@ -155,11 +156,14 @@ class ModuleCall:
         if not self.callees or self.input is None:
             return False
         current: Any = self.input
+        version = self.version
         for callee in self.callees:
             if not callee.single_tensor_in_out or callee.input is not current:
                 return False
-            current = callee.output
-        return current is self.output
+            if callee.version != version:  # changed in place in between (``out += x``)
+                return False
+            current, version = callee.output, callee.end_version
+        return current is self.output and self.end_version == version
 
 
 def _shape(t: Tensor) -> str:
@@ -266,6 +270,7 @@ def trace_modules(
         _note_arity(module, output)
         if rec.calls == 1:
             rec.output = output
+            rec.end_version = tensor_version(output_tensor(output))
             rec.inplace = rec.input is not None and tensor_version(rec.input) != rec.version
 
     for name, module in model.named_modules():
@@ -331,21 +336,81 @@ def _make_block(model: nn.Module, rec: ModuleCall, macs: dict[str, int], batch: 
     )
 
 
+def _same_extent(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` covers the positions of ``b``: the same spatial size for ``(B, C, H, W)``,
+    the same positions for ``(B, T, D)``; vectors ``(B, D)`` always."""
+    if a.dim() != b.dim():
+        return False
+    if a.dim() == 4:
+        return a.shape[2:] == b.shape[2:]
+    return a.dim() < 3 or a.shape[1:-1] == b.shape[1:-1]
+
+
+def _passing_work(rec: ModuleCall, calls: dict[str, ModuleCall], macs: dict[str, int]) -> bool:
+    """Whether a layer inside ``rec`` multiplies (MACs > 0) features at the size of those that
+    flow through it: not so for a normalisation (no MAC), an activation, or a gate computed on
+    pooled features (squeeze-excitation)."""
+    assert rec.input is not None
+    for name, inner in calls.items():
+        if not (name.startswith(rec.name + ".") or name == rec.name):
+            continue
+        if any(True for _ in inner.module.children()) or macs.get(name, 0) <= 0:
+            continue
+        if isinstance(inner.input, Tensor) and _same_extent(inner.input, rec.input):
+            return True
+    return False
+
+
+def _why_not(rec: ModuleCall, calls: dict[str, ModuleCall], macs: dict[str, int]) -> str | None:
+    """Why ``rec`` is not a block by default (None: it is one, unless it holds blocks)."""
+    why = rec.rejection()
+    if why is None and not any(True for _ in rec.module.children()):
+        why = "is a single layer (a leaf module)"
+    if why is None and rec.is_chain():
+        why = "only chains its sub-modules; looked into instead"
+    if why is None and not _passing_work(rec, calls, macs):
+        why = ("multiplies nothing at the size of the features it passes (a normalisation, an "
+               "activation, a gate on pooled features): removing it saves nothing; name it with "
+               "include= to remove it anyway")  # fmt: skip
+    return why
+
+
+def _holds_blocks(rec: ModuleCall, calls: dict[str, ModuleCall], macs: dict[str, int]) -> bool:
+    """Whether ``rec`` (or a module inside it) runs two or more blocks of one class one after the
+    other, each taking the previous one's output: a layer list inside an encoder that also adds a
+    position embedding or normalises at the end."""
+    for name, inner in calls.items():
+        if name != rec.name and not name.startswith(rec.name + "."):
+            continue
+        run = 0
+        previous = None
+        for c in inner.callees:
+            follows = (previous is not None and c.input is output_tensor(previous.output)
+                       and type(c.module) is type(previous.module))  # fmt: skip
+            if _why_not(c, calls, macs) is None:
+                run = run + 1 if follows else 1
+                if run >= 2:
+                    return True
+                previous = c
+            else:
+                run, previous = 0, None
+    return False
+
+
 def _default_blocks(
-    model: nn.Module, calls: dict[str, ModuleCall]
+    model: nn.Module, calls: dict[str, ModuleCall], macs: dict[str, int]
 ) -> tuple[list[ModuleCall], dict[str, str]]:
-    """Outermost collapsible, non-leaf, non-chain modules; and why the others were passed over."""
+    """Outermost collapsible, non-leaf, non-chain modules that multiply features at full size and
+    hold no chain of blocks; and why the others were passed over."""
     chosen: list[ModuleCall] = []
     reasons: dict[str, str] = {}
 
     def visit(name: str, module: nn.Module) -> None:
         rec = calls.get(name)
         if rec is not None and name:
-            why = rec.rejection()
-            if why is None and not any(True for _ in module.children()):
-                why = "is a single layer (a leaf module)"
-            if why is None and rec.is_chain():
-                why = "only chains its sub-modules; looked into instead"
+            why = _why_not(rec, calls, macs)
+            if why is None and _holds_blocks(rec, calls, macs):
+                why = "runs a sequence of blocks (a layer list); looked into instead"
             if why is None:
                 chosen.append(rec)
                 return
@@ -457,7 +522,7 @@ def find_blocks(
             model.lacoot_blocks(), calls, model, f"{type(model).__name__}.lacoot_blocks()"
         )
     else:
-        chosen, reasons = _default_blocks(model, calls)
+        chosen, reasons = _default_blocks(model, calls, macs)
         if not chosen:
             raise BlockDiscoveryError(
                 f"{type(model).__name__} has no collapsible block: a block is a sub-module called "
