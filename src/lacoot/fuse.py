@@ -110,18 +110,32 @@ class _Accumulator:
         return torch.linalg.lstsq(a, self.xty).solution
 
 
-def _capture(model: nn.Module, names: dict[str, str], x: Any, skip: Sequence[str] = ()):
+class _Stop(Exception):
+    """Ends a forward pass once everything needed was captured."""
+
+
+def _capture(model: nn.Module, names: dict[str, str], x: Any, skip: Sequence[str] = (),
+             stop: str | None = None) -> dict[str, Tensor]:  # fmt: skip
     """The outputs (flowing tensors) of the modules ``names`` (key -> qualified name) when
-    ``model`` runs on ``x``, with the modules ``skip`` made identity."""
+    ``model`` runs on ``x``, with the modules ``skip`` made identity; the pass ends after the
+    module ``stop`` when given."""
     seen: dict[str, Tensor] = {}
+
+    def grab(key: str, name: str, output: Any) -> None:
+        seen[key] = output_tensor(output)
+        if name == stop and len(seen) == len(names):
+            raise _Stop
+
     handles = []
-    for key, name in names.items():
-        handles.append(model.get_submodule(name).register_forward_hook(
-            lambda m, a, o, key=key: seen.__setitem__(key, output_tensor(o))))  # fmt: skip
     for name in skip:
         handles.append(model.get_submodule(name).register_forward_hook(_identity, with_kwargs=True))
+    for key, name in names.items():
+        handles.append(model.get_submodule(name).register_forward_hook(
+            lambda m, a, o, key=key, name=name: grab(key, name, o)))  # fmt: skip
     try:
         call_model(model, x)
+    except _Stop:
+        pass
     finally:
         for h in handles:
             h.remove()
@@ -188,17 +202,35 @@ def fused_linear(
         raise ValueError("the calibration loader yielded no sample; expected at least one batch")
     device = model_device(model)
     new = _eval_copy(model)
+    runs = runs_of(model, names)
+    ends = {f"{p}.{last}": f"{p}.{last}" for p, first, last in runs if first > 0}
+    targets = _targets(model, ends, batches, device)
     done: list[str] = []
     unfused = []
-    for parent, first, last in runs_of(model, names):
+    for parent, first, last in runs:
         run = [f"{parent}.{i}" for i in range(first, last + 1)]
         if first == 0:
             unfused.append(run[0])
         else:
             prev = f"{parent}.{first - 1}"
-            _fit_and_fold(model, new, prev, run, done, batches, device, ridge)
+            _fit_and_fold(new, prev, [t[run[-1]] for t in targets], done, batches, device, ridge)
         done += run
     return remove_blocks(new, names, example_input), unfused
+
+
+@torch.no_grad()
+def _targets(model: nn.Module, ends: dict[str, str], batches: list, device) -> list[dict]:
+    """Per batch, the original model's outputs of the layers ``ends`` (one pass each, ended
+    after the last of them)."""
+    if not ends:
+        return [{} for _ in batches]
+    was = model.training
+    model.eval()
+    try:
+        last = max(ends, key=lambda n: int(n.rsplit(".", 1)[1]))
+        return [_capture(model, ends, to_device(x, device), stop=last) for x in batches]
+    finally:
+        model.train(was)
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:
@@ -209,32 +241,26 @@ def _eval_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _fit_and_fold(model, new, prev, run, done, batches, device, ridge) -> None:
-    """Fit ``T`` for one run on ``new`` (earlier runs ``done`` made identity there) against the
-    original ``model``'s output of the run's last layer, fold it into ``prev``'s writer, and
-    check the layer now outputs ``r + M T``."""
-    was = model.training
-    model.eval()
+def _fit_and_fold(new, prev, targets, done, batches, device, ridge) -> None:
+    """Fit ``T`` for one run on ``new`` (earlier runs ``done`` made identity there) against
+    ``targets`` (per batch, the original model's output of the run's last layer), fold it into
+    ``prev``'s writer, and check the layer now outputs ``r + M T``."""
     writer = writer_of(new, prev, to_device(batches[0], device))
     acc, check = _Accumulator(), None
-    try:
-        for x in batches:
-            x = to_device(x, device)
-            mask = token_mask(x)
-            got = _capture(new, {"h": prev, "m": writer}, x, skip=done)
-            target = _capture(model, {"y": run[-1]}, x)["y"]
-            m, r = got["m"], got["h"] - got["m"]
-            acc.add(token_rows(m, mask), token_rows(target - r, mask))
-            check = check or (x, r, m)
-        t = acc.solve(ridge)
-        _fold(new.get_submodule(writer), t)
-        x, r, m = check
-        after = _capture(new, {"h": prev}, x, skip=done)["h"]
-        expected = r + (m.double() @ t).to(m.dtype)
-        if not torch.allclose(after, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
-            raise ValueError(
-                f"layer {prev!r} does not output its input plus what {writer!r} writes (a "
-                "post-norm layer, say): a map folded into that writer is not the map fitted"
-            )
-    finally:
-        model.train(was)
+    for x, target in zip(batches, targets, strict=True):
+        x = to_device(x, device)
+        mask = token_mask(x)
+        got = _capture(new, {"h": prev, "m": writer}, x, skip=done, stop=prev)
+        m, r = got["m"], got["h"] - got["m"]
+        acc.add(token_rows(m, mask), token_rows(target - r, mask))
+        check = check or (x, r, m)
+    t = acc.solve(ridge)
+    _fold(new.get_submodule(writer), t)
+    x, r, m = check
+    after = _capture(new, {"h": prev}, x, skip=done, stop=prev)["h"]
+    expected = r + (m.double() @ t).to(m.dtype)
+    if not torch.allclose(after, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
+        raise ValueError(
+            f"layer {prev!r} does not output its input plus what {writer!r} writes (a "
+            "post-norm layer, say): a map folded into that writer is not the map fitted"
+        )
