@@ -337,13 +337,10 @@ def _make_block(model: nn.Module, rec: ModuleCall, macs: dict[str, int], batch: 
 
 
 def _same_extent(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` covers the positions of ``b``: the same spatial size for ``(B, C, H, W)``,
-    the same positions for ``(B, T, D)``; vectors ``(B, D)`` always."""
-    if a.dim() != b.dim():
-        return False
-    if a.dim() == 4:
-        return a.shape[2:] == b.shape[2:]
-    return a.dim() < 3 or a.shape[1:-1] == b.shape[1:-1]
+    """Whether ``a`` holds the features of ``b`` at about their size: more than a quarter of its
+    elements (whole batches, so windows folded into the batch count; a gate on pooled features
+    ``(B, C, 1, 1)`` does not)."""
+    return 4 * a.numel() > b.numel()
 
 
 def _passing_work(rec: ModuleCall, calls: dict[str, ModuleCall], macs: dict[str, int]) -> bool:
