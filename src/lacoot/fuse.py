@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import _names, _split, output_tensor, remove_blocks, stand_in_output
-from .inputs import call_model, model_device, to_device, token_mask, token_rows
+from .inputs import call_model, first_samples, model_device, to_device, token_mask, token_rows
 
 __all__ = ["fused_linear", "runs_of", "writer_of"]
 
@@ -245,7 +245,7 @@ def _fit_and_fold(new, prev, targets, done, batches, device, ridge) -> None:
     """Fit ``T`` for one run on ``new`` (earlier runs ``done`` made identity there) against
     ``targets`` (per batch, the original model's output of the run's last layer), fold it into
     ``prev``'s writer, and check the layer now outputs ``r + M T``."""
-    writer = writer_of(new, prev, to_device(batches[0], device))
+    writer = writer_of(new, prev, to_device(first_samples(batches[0], 1), device))
     acc, check = _Accumulator(), None
     for x, target in zip(batches, targets, strict=True):
         x = to_device(x, device)
