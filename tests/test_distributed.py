@@ -165,7 +165,8 @@ def test_torchrun_trains_deterministically_rank0_writes(work: Path) -> None:
     targets = a["regularizer"]["targets"]  # the default budget, chosen alike on both ranks
     assert targets and targets == b["regularizer"]["targets"]
     assert all(k in log[-1] for k in ("val_accuracy", *(f"msw/{t}" for t in targets)))
-    files = sorted(p.name for p in (work / "ddp1").iterdir() if p.name != "tensorboard")
+    files = sorted(p.name for p in (work / "ddp1").iterdir()
+                   if p.name != "tensorboard" and not p.name.startswith("."))  # fmt: skip
     assert files == ["checkpoint.pt", "config.json", "log.csv", "log.json"]
     board = work / "ddp1" / "tensorboard"  # when tensorboard is installed: rank 0's only
     assert not board.exists() or len(list(board.iterdir())) == 1
@@ -209,7 +210,7 @@ def test_batch_not_divisible_by_processes(work: Path) -> None:
         work, check=None,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "batch_size=33 is not divisible by the 2 processes" in proc.stderr
+    assert "--batch-size 33 is not divisible by the 2 processes" in proc.stderr
     proc = _run(torchrun("collapse", "none.pt", "--blocks", "1", work=work), work, check=None)
     assert proc.returncode != 0
     assert "`lacoot collapse` runs in one process; only train and run" in proc.stderr
