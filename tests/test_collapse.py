@@ -26,7 +26,7 @@ def test_removal_order_ties_go_deeper(setup) -> None:
 def test_sweep_measures_every_step(setup) -> None:
     model, blocks, loader = setup
     scores = lacoot.score_blocks(model, blocks, criterion="depth")
-    sweep = lacoot.sweep(model, blocks, scores, loader, loader, repeats=2, warmup=1)
+    sweep = lacoot.sweep(model, blocks, scores, loader, loader, repeats=2, warmup=1, repair="none")
     assert [p.k for p in sweep.points] == [0, 1, 2, 3, 4]
     assert sweep.order == ("4", "3", "2", "1")
     macs = [p.macs for p in sweep.points]
@@ -173,7 +173,7 @@ def test_sweep_with_repair_reports_both_figures() -> None:
     blocks = lacoot.find_blocks(model, x[:2])
     scores = lacoot.score_blocks(model, blocks, criterion="depth")
     plain = lacoot.sweep(model, blocks, scores, loader, loader, latency_batch_sizes=(),
-                         max_blocks=2)  # fmt: skip
+                         max_blocks=2, repair="none")  # fmt: skip
     fixed = lacoot.sweep(model, blocks, scores, loader, loader, latency_batch_sizes=(),
                          max_blocks=2, repair="linear", calib_samples=48)  # fmt: skip
     assert fixed.repair == "linear" and fixed.calib_samples == 48 and plain.calib_samples == 0

@@ -114,3 +114,27 @@ def test_escalate_help_states_the_weight_cap() -> None:
 
     (escalate,) = [f for f in fields(TrainConfig) if f.name == "escalate"]
     assert f"at most {MAX_WEIGHT:g} (regularizer.MAX_WEIGHT)" in option_spec(escalate).help
+
+
+def test_library_defaults_are_the_commands_defaults() -> None:
+    """One source for each default: the library functions take the CLI's declarations."""
+    import inspect
+
+    from lacoot.collapse import sweep
+    from lacoot.config import CollapseConfig, TrainConfig
+    from lacoot.criteria import score_blocks
+    from lacoot.regularizer import MSWRegularizer
+    from lacoot.repair import linear_patch, recalibrate_bn, repair
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    c, t = CollapseConfig(), TrainConfig()
+    assert default(MSWRegularizer, "method") == t.method == "random"
+    assert default(MSWRegularizer, "n_projections") == t.n_projections
+    assert default(score_blocks, "criterion") == c.criterion
+    assert default(score_blocks, "repair") == c.repair
+    assert default(sweep, "latency_batch_sizes") == c.latency_batch_sizes == (1, 128)
+    assert default(sweep, "repair") == c.repair
+    for fn in (repair, linear_patch, recalibrate_bn):
+        assert default(fn, "n_samples") == c.calib_samples

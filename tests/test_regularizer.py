@@ -112,7 +112,7 @@ def test_ascent_directions_persist_and_warm_start() -> None:
     model = residual_mlp()
     blocks = lacoot.find_blocks(model, torch.randn(4, 6))
     x = torch.randn(64, 6)
-    with lacoot.MSWRegularizer(model, blocks, n_iters=0) as reg:
+    with lacoot.MSWRegularizer(model, blocks, method="ascent", n_iters=0) as reg:
         model(x)
         first = reg.penalty().item()
         dirs = {k: v.clone() for k, v in reg.directions.items()}

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import Block, CollapseError, remove_blocks
+from .config import CollapseConfig
 from .inputs import first_samples, repeat_sample, to_device
 from .metrics import Metric, metric_name, top1_accuracy
 from .profile import compare_latency, count_macs, count_params, model_device
@@ -269,12 +270,12 @@ def sweep(
     test_loader: Loader | None = None,
     max_blocks: int | None = None,
     example_input: Any = None,
-    latency_batch_sizes: Sequence[int] = (1,),
+    latency_batch_sizes: Sequence[int] = CollapseConfig.latency_batch_sizes,
     warmup: int = 3,
-    repeats: int = 10,
-    repair: str = "none",
+    repeats: int = CollapseConfig.latency_repeats,
+    repair: str = CollapseConfig.repair,
     calib_loader: Loader | None = None,
-    calib_samples: int = 2048,
+    calib_samples: int = CollapseConfig.calib_samples,
     progress: Callable[[str], None] | None = None,
     evaluate: Metric | None = None,
     identities: Sequence[str] = (),

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import Block
+from .config import CollapseConfig
 from .inputs import call_model, model_device, to_device, token_mask, token_rows
 from .metrics import Metric, top1_accuracy
 from .ot import max_sliced_wasserstein
@@ -217,11 +218,11 @@ def score_blocks(
     model: nn.Module,
     blocks: Sequence[Block],
     loader: Iterable[tuple[Tensor, Tensor]] | None = None,
-    criterion: str = "msw",
+    criterion: str = CollapseConfig.criterion,
     seed: int = 0,
     max_batches: int | None = None,
-    repair: str = "bn",
-    calib_samples: int = 2048,
+    repair: str = CollapseConfig.repair,
+    calib_samples: int = CollapseConfig.calib_samples,
     progress: Callable[[str], None] | None = None,
     evaluate: Metric | None = None,
     identities: Sequence[str] = (),

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import _names, _split, output_tensor, remove_blocks, stand_in_output
+from .config import CollapseConfig
 from .inputs import call_model, first_samples, model_device, to_device, token_mask, token_rows
 
 __all__ = ["fused_linear", "runs_of", "writer_of"]
@@ -165,7 +166,7 @@ def fused_linear(
     model: nn.Module,
     removed: Iterable[str],
     loader: Iterable[Any],
-    n_samples: int = 1024,
+    n_samples: int = CollapseConfig.calib_samples,
     ridge: float = 1e-4,
     example_input: Any = None,
 ) -> tuple[nn.Module, list[str]]:

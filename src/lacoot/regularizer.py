@@ -26,6 +26,7 @@ from .blocks import (
     tensor_version,
     with_output_tensor,
 )
+from .config import TrainConfig
 from .distributed import gather_batch
 from .inputs import token_mask, token_rows
 from .ot import Method, max_sliced_wasserstein, random_projections
@@ -280,9 +281,9 @@ class MSWRegularizer:
         model: nn.Module,
         blocks: Iterable[Block | str],
         lam: float = 1.0,
-        method: Method = "ascent",
-        n_projections: int = 50,
-        n_iters: int = 2,
+        method: Method = TrainConfig.method,  # type: ignore[assignment]
+        n_projections: int = TrainConfig.n_projections,
+        n_iters: int = TrainConfig.n_iters,
         n_starts: int = 0,
         p: float = 2.0,
         seed: int | None = None,

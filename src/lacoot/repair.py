@@ -42,6 +42,7 @@ from .blocks import (
     identity_blocks,
     remove_blocks,
 )
+from .config import CollapseConfig
 from .inputs import batch_size, call_model, first_samples, to_device
 from .profile import model_device
 from .regularizer import block_io_hooks
@@ -119,7 +120,9 @@ class _Moments:
             bn.num_batches_tracked.fill_(self.calls)
 
 
-def recalibrate_bn(model: nn.Module, loader: Iterable[Any], n_samples: int = 1024) -> nn.Module:
+def recalibrate_bn(
+    model: nn.Module, loader: Iterable[Any], n_samples: int = CollapseConfig.calib_samples
+) -> nn.Module:
     """A copy of ``model`` whose batch-norm running statistics are re-estimated on calibration data.
 
     Every ``torch.nn.modules.batchnorm._BatchNorm`` that tracks running statistics
@@ -365,7 +368,7 @@ def linear_patch(
     model: nn.Module,
     names: Iterable[str | Block],
     loader: Iterable[Any],
-    n_samples: int = 1024,
+    n_samples: int = CollapseConfig.calib_samples,
     ridge: float = 1e-4,
 ) -> nn.Module:
     """A copy of ``model`` with each named block replaced by a closed-form :class:`LinearPatch`.
@@ -455,7 +458,7 @@ def repair(
     removed: Iterable[str | Block],
     loader: Iterable[Any] | None = None,
     method: str = "bn",
-    n_samples: int = 1024,
+    n_samples: int = CollapseConfig.calib_samples,
     *,
     collapsed: nn.Module | None = None,
     identities: Iterable[str] = (),
