@@ -301,9 +301,11 @@ def sweep(
     warmup, repeats : int
         Latency measurement: the ``K + 1`` models take turns, ``repeats`` timed rounds after
         ``warmup`` untimed ones; the median per model is kept.
-    repair : {"none", "bn", "linear"}
+    repair : {"none", "bn", "linear", "fused"}
         Training-free repair of every collapse with ``k >= 1`` (:func:`lacoot.repair.repair`);
-        the points then hold the repaired figures and, in ``unrepaired``, the plain ones.
+        the points then hold the repaired figures and, in ``unrepaired``, the plain ones. The
+        default is the command's (``CollapseConfig.repair``); a Hugging Face model takes
+        ``"none"`` or ``"fused"`` (patch modules cannot stand among its layers).
     calib_loader : iterable of (inputs, labels), optional
         Calibration data of the repair; ``val_loader`` by default.
     calib_samples : int
