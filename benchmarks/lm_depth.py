@@ -216,14 +216,31 @@ def continuations(model, prompts: torch.Tensor, new: int) -> torch.Tensor:
     return out[:, prompts.shape[1] :]
 
 
-def latency_per_token(model, prompt: torch.Tensor, new: int = 16, repeats: int = 3) -> float:
-    """Median milliseconds per generated token, batch 1, KV cache."""
-    times = []
-    for _ in range(repeats + 1):
-        t = time.perf_counter()
-        continuations(model, prompt, new)
-        times.append((time.perf_counter() - t) * 1000 / new)
-    return sorted(times[1:])[len(times[1:]) // 2]
+def latency_pair(model, dense, prompt: torch.Tensor, new: int = 16, repeats: int = 5):
+    """Median milliseconds per generated token (batch 1, KV cache) of ``model`` and ``dense``,
+    timed in turns so that both see the same machine load."""
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(repeats + 1):
+        for i, m in enumerate((model, dense)):
+            t = time.perf_counter()
+            continuations(m, prompt, new)
+            if r:  # the first round warms up
+                times[i].append((time.perf_counter() - t) * 1000 / new)
+    return tuple(sorted(v)[len(v) // 2] for v in times.values())
+
+
+def retime(model, results: dict, prompt: torch.Tensor) -> None:
+    """Every row's latency per generated token side by side with the dense model's (a row's
+    architecture is the dense model without its removed layers, whatever its weights)."""
+    load = loadavg()
+    for per in results["rows"].values():
+        for r in per.values():
+            m = lacoot.collapse(model, r["removed"]) if r["removed"] else model
+            ms, dense_ms = latency_pair(m, model, prompt)
+            r.update(ms_per_token=ms, dense_ms_per_token=dense_ms, latency_vs_dense=ms / dense_ms)
+    results["latency"] = {"batch": 1, "prompt_tokens": int(prompt.shape[1]), "new_tokens": 16,
+                          "repeats": 5, "load_before": load, "load_after": loadavg(),
+                          "how": "each row timed in turns with the dense model"}  # fmt: skip
 
 
 def measure(model, dense_tokens, data, args, seconds: float, removed: list[str]) -> dict:
@@ -242,7 +259,6 @@ def measure(model, dense_tokens, data, args, seconds: float, removed: list[str])
         "agreement": float((got == dense_tokens).float().mean()),
         "params": lacoot.count_params(model),
         "macs_per_token": lacoot.count_macs(model, {"input_ids": one}) // one.shape[1],
-        "ms_per_token": latency_per_token(model, one),
         "seconds": seconds,
     }
 
@@ -385,7 +401,7 @@ def targets(results: dict) -> dict[str, Any]:
 def markdown(results: dict) -> str:
     corpora_ = list(results["dense"]["test_ppl"])
     head = ["method", "removed", "choice"] + [f"ppl {c}" for c in corpora_] + [
-        "acc %", "agree", "params M", "MMACs/tok", "ms/tok", "s"]  # fmt: skip
+        "acc %", "agree", "params M", "MMACs/tok", "latency x dense", "s"]  # fmt: skip
     lines = [
         f"# Layer removal on {results['model']} ({results['layers']} layers)", "",
         f"Command: `{results['command']}`  ",
@@ -399,7 +415,7 @@ def markdown(results: dict) -> str:
     def row(name: str, n: str, r: dict) -> str:
         cells = [name, n, r.get("choice", "-")] + [f"{r['test_ppl'][c]:.2f}" for c in corpora_]
         cells += [f"{r['test_acc']:.2f}", f"{r['agreement']:.3f}", f"{r['params'] / 1e6:.1f}",
-                  f"{r['macs_per_token'] / 1e6:.1f}", f"{r['ms_per_token']:.1f}",
+                  f"{r['macs_per_token'] / 1e6:.1f}", f"{r.get('latency_vs_dense', 1.0):.2f}",
                   f"{r['seconds']:.0f}"]  # fmt: skip
         return "| " + " | ".join(cells) + " |"
 
@@ -496,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
                     net, data["dense_tokens"], data, args, secs, removed if mode != "dense"
                     else [])}  # fmt: skip
             save()
+    retime(model, results, data["prompts"][:1])
     save()
     plot(results, out.with_suffix(".png"))
     return 0

@@ -38,6 +38,7 @@ def test_lm_depth_smoke(tmp_path: Path) -> None:
         rows["heal"]["2"]["removed"] == best["removed"] == rows["lacoot_finetune"]["2"]["removed"]
     )
     assert rows["msw"]["2"]["params"] < result["dense"]["params"]
+    assert rows["msw"]["2"]["latency_vs_dense"] > 0 and result["latency"]["batch"] == 1
     assert rows["dense_finetune"]["2"]["params"] == result["dense"]["params"]
     assert set(result["dense"]["test_ppl"]) == {"fortunes", "jargon", "debian-reference", "bible"}
     t = result["targets"]
