@@ -65,6 +65,7 @@ HELD_OUT = ("bible",)
 ORDERS = ("msw", "msw_rel", "cosine")
 REPAIRS = ("none", "fused")
 TARGET_DEPTH = 8
+TRAINING_FREE = ("shortgpt", "msw", "msw_rel", "lacoot_best", "angular", "replaceme")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -269,14 +270,17 @@ def measure(model, dense_tokens, data, args, seconds: float, removed: list[str])
 def training_free(model, blocks, data, args, results: dict, save) -> None:
     """Every training-free row at every depth (skipping those already in ``results``)."""
     calib, val = data["calib_batches"], data["val_batches"]
+    rows = results["rows"]
+    todo = [n for n in args.depths if not all(str(n) in rows.get(r, {}) for r in TRAINING_FREE)]
+    if not todo:
+        return
     t = time.perf_counter()
     scores = {c: lacoot.score_blocks(model, blocks, calib, criterion=c, seed=args.seed)
               for c in ORDERS}  # fmt: skip
     score_s = (time.perf_counter() - t) / len(ORDERS)
     results["scores"] = scores
     orders = {c: lacoot.removal_order(blocks, s) for c, s in scores.items()}
-    for n in args.depths:
-        rows = results["rows"]
+    for n in todo:
         cands: dict[str, tuple[Any, float, list[str]]] = {}
         for order in ORDERS:
             for rep in REPAIRS:
@@ -495,7 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         write_result(str(out), results, markdown(results))
 
     data["dense_tokens"] = continuations(model, data["prompts"], args.new_tokens)
-    results["dense"] = measure(model, data["dense_tokens"], data, args, 0.0, [])
+    results["dense"] = old.get("dense") or measure(model, data["dense_tokens"], data, args, 0, [])
+    for key in ("scores", "lacoot_candidates"):
+        if key in old:
+            results[key] = old[key]
     training_free(model, blocks, data, args, results, save)
     results["hf_roundtrip"] = roundtrip(model, results, data, args)
     save()
