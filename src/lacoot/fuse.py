@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .blocks import _names, _split, output_tensor, remove_blocks, stand_in_output
 from .config import CollapseConfig
 from .inputs import call_model, first_samples, model_device, to_device, token_mask, token_rows
+from .regularizer import StopForward, run_hooked
 
 __all__ = ["fused_linear", "runs_of", "writer_of"]
 
@@ -111,10 +112,6 @@ class _Accumulator:
         return torch.linalg.lstsq(a, self.xty).solution
 
 
-class _Stop(Exception):
-    """Ends a forward pass once everything needed was captured."""
-
-
 def _capture(model: nn.Module, names: dict[str, str], x: Any, skip: Sequence[str] = (),
              stop: str | None = None) -> dict[str, Tensor]:  # fmt: skip
     """The outputs (flowing tensors) of the modules ``names`` (key -> qualified name) when
@@ -125,7 +122,7 @@ def _capture(model: nn.Module, names: dict[str, str], x: Any, skip: Sequence[str
     def grab(key: str, name: str, output: Any) -> None:
         seen[key] = output_tensor(output)
         if name == stop and len(seen) == len(names):
-            raise _Stop
+            raise StopForward
 
     handles = []
     for name in skip:
@@ -133,13 +130,7 @@ def _capture(model: nn.Module, names: dict[str, str], x: Any, skip: Sequence[str
     for key, name in names.items():
         handles.append(model.get_submodule(name).register_forward_hook(
             lambda m, a, o, key=key, name=name: grab(key, name, o)))  # fmt: skip
-    try:
-        call_model(model, x)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, x, handles)
     return seen
 
 

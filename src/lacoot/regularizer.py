@@ -28,10 +28,10 @@ from .blocks import (
 )
 from .config import TrainConfig
 from .distributed import gather_batch
-from .inputs import token_mask, token_rows
+from .inputs import call_model, token_mask, token_rows
 from .ot import Method, max_sliced_wasserstein, random_projections
 
-__all__ = ["MSWRegularizer", "block_io_hooks", "power_spread"]
+__all__ = ["MSWRegularizer", "StopForward", "block_io_hooks", "power_spread", "run_hooked"]
 
 DISTANCES = ("msw", "cosine")  # the block distances a penalty can use
 MAX_WEIGHT = 64.0  # the largest weight ``escalate`` gives (TrainConfig's help says it: tested)
@@ -205,6 +205,22 @@ def block_io_hooks(
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(module.register_forward_hook(post, with_kwargs=True))
     return handles
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once it has seen what it needs."""
+
+
+def run_hooked(model: nn.Module, x: Any, handles: list) -> None:
+    """``model`` called on ``x`` with the hooks ``handles`` installed, then removed; a
+    :class:`StopForward` raised by one of them ends the pass without an error."""
+    try:
+        call_model(model, x)
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class MSWRegularizer:

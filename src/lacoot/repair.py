@@ -45,7 +45,7 @@ from .blocks import (
 from .config import CollapseConfig
 from .inputs import batch_size, call_model, first_samples, to_device
 from .profile import model_device
-from .regularizer import block_io_hooks
+from .regularizer import StopForward, block_io_hooks, run_hooked
 
 __all__ = ["REPAIRS", "LinearPatch", "check_repair", "linear_patch", "recalibrate_bn", "repair"]
 
@@ -281,10 +281,6 @@ class _Normal:
         return m.T, self.my - self.mx @ m
 
 
-class _Stop(Exception):
-    """Raised by a capture hook to end a forward pass once the block has been seen."""
-
-
 def _capture(model: nn.Module, name: str, x: Any, output: bool) -> Tensor:
     """The input (or output) of block ``name`` when ``model`` runs on ``x``; the forward stops
     right after the block."""
@@ -292,16 +288,9 @@ def _capture(model: nn.Module, name: str, x: Any, output: bool) -> Tensor:
 
     def grab(_: str, block_in: Tensor, block_out: Tensor) -> None:
         seen.append(block_out if output else block_in)
-        raise _Stop
+        raise StopForward
 
-    handles = block_io_hooks(model, [name], grab)
-    try:
-        call_model(model, x)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, x, block_io_hooks(model, [name], grab))
     if not seen:
         raise ValueError(f"block {name!r} was not called in the forward pass")
     return seen[0]
