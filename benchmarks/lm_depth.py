@@ -399,6 +399,7 @@ def targets(results: dict) -> dict[str, Any]:
     out["finetune_within_15pct_of_dense_finetune"] = None if ft is None or dft is None else all(
         ft[c] <= 1.15 * dft[c] for c in ft)  # fmt: skip
     out["hf_roundtrip"] = results.get("hf_roundtrip")
+    out["hand_reference_continuations_equal"] = results.get("hand_reference_continuations_equal")
     return out
 
 
@@ -551,7 +552,37 @@ def roundtrip(model, results: dict, data: dict, args) -> bool:
                 "torch.save((logits, t), sys.argv[1] + '/got.pt')\n")  # fmt: skip
         subprocess.run([sys.executable, "-c", code, tmp], check=True)
         logits, tokens = torch.load(f"{tmp}/got.pt")
-    return bool(torch.equal(logits, want) and torch.equal(tokens, want_tokens))
+    reloads = bool(torch.equal(logits, want) and torch.equal(tokens, want_tokens))
+    # the same layers removed by lacoot (no repair) and by hand: equal continuations
+    plain = lacoot.collapse(model, row["removed"])
+    by_hand = deleted_by_hand(model, row["removed"])
+    same = torch.equal(continuations(plain, prompts, 16), continuations(by_hand, prompts, 16))
+    results["hand_reference_continuations_equal"] = same
+    return reloads and same
+
+
+def deleted_by_hand(model, removed: list[str]):
+    """The model built as a user does without lacoot: a config with fewer layers (and its
+    per-layer ``layer_types`` cut), a fresh model from it, the kept layers' weights copied."""
+    import copy
+
+    d = copy.deepcopy(model.config.to_dict())
+    gone = {int(n.rsplit(".", 1)[1]) for n in removed}
+    kept = [i for i in range(d["num_hidden_layers"]) if i not in gone]
+    d["num_hidden_layers"] = len(kept)
+    if d.get("layer_types"):
+        d["layer_types"] = [d["layer_types"][i] for i in kept]
+    ref = type(model)(type(model.config).from_dict(d)).eval()
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("model.layers."):
+            i, rest = key[len("model.layers.") :].split(".", 1)
+            if int(i) in gone:
+                continue
+            key = f"model.layers.{kept.index(int(i))}.{rest}"
+        state[key] = value
+    ref.load_state_dict(state, strict=True)
+    return ref
 
 
 if __name__ == "__main__":

@@ -43,5 +43,6 @@ def test_lm_depth_smoke(tmp_path: Path) -> None:
     assert set(result["dense"]["test_ppl"]) == {"fortunes", "jargon", "debian-reference", "bible"}
     t = result["targets"]
     assert t["hf_roundtrip"] is True and t["depth"] == 2
+    assert t["hand_reference_continuations_equal"] is True
     assert isinstance(t["beats_shortgpt"], bool) and isinstance(t["finetune_beats_heal"], bool)
     assert (tmp_path / "lm.md").read_text().startswith("# Layer removal")
