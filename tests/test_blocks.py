@@ -273,7 +273,7 @@ def test_transformer_encoder_collapses_by_deletion_or_says_which_container_canno
     blocks = find_blocks(enc, x)
     scores = {b.name: float(i) for i, b in enumerate(blocks)}
     labels = torch.zeros(2, dtype=torch.long)
-    result = lacoot.sweep(enc, blocks, scores, [(x, labels)], latency_batch_sizes=())
+    result = lacoot.sweep(enc, blocks, scores, [(x, labels)], latency_batch_sizes=(), repair="none")
     assert [p.k for p in result.points] == [0, 1] and "stopped at k=1" in result.stopped
 
 
