@@ -197,8 +197,8 @@ def test_sweep_of_a_causal_lm_removes_every_layer():
     blocks = lacoot.find_blocks(model, {"input_ids": ids})
     loader = [({"input_ids": ids, "attention_mask": mask}, torch.where(mask.bool(), ids, -100))]
     scores = lacoot.score_blocks(model, blocks, loader, criterion="cosine")
-    sweep = lacoot.sweep(model, blocks, scores, loader, evaluate=lacoot.negative_perplexity, repair="none",
-                         latency_batch_sizes=())  # fmt: skip
+    sweep = lacoot.sweep(model, blocks, scores, loader, evaluate=lacoot.negative_perplexity,
+                         repair="none", latency_batch_sizes=())  # fmt: skip
     assert sweep.stopped is None
     assert [p.k for p in sweep.points] == [0, 1, 2, 3, 4, 5]
     assert sweep.points[2].params < sweep.points[1].params < sweep.full.params
