@@ -17,7 +17,10 @@ def test_registry_errors(isolated):
         "cifar100",
         "tiny-imagenet",
         "imagefolder",
+        "text",
     }
+    with pytest.raises(ValueError, match="tokenised by a language model's tokenizer"):
+        load_dataset("text")
     with pytest.raises(ValueError, match="needs data_dir"):
         load_dataset("imagefolder")
     with pytest.raises(ValueError, match="split"):

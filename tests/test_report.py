@@ -76,9 +76,10 @@ def test_one_order_and_no_repair_render_without_the_comparison() -> None:
     assert "- repair: `none` (none)" in text
     assert "by block order" not in text
     report["sweeps"]["cosine"]["metric"] = "negative_perplexity"  # the sweep's own metric
-    assert "| k | removed | val negative_perplexity | test negative_perplexity |" in (
-        render_markdown(report)
-    )
+    report["sweeps"]["cosine"]["points"][0]["test_accuracy"] = -12.5  # minus the perplexity
+    text = render_markdown(report)
+    assert "| k | removed | val perplexity | test perplexity |" in text
+    assert "test perplexity 12.50 -> " in text and "accuracy" not in text.split("## Input")[0]
 
 
 def test_write_report_writes_json_markdown_and_the_plot(tmp_path: Path) -> None:

@@ -166,12 +166,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+BROUGHT_OPTIONS = ("model", "dataset", "seq_len", "test_fraction", "batch_size")
+
+
+def _source(args: argparse.Namespace) -> Any:
+    """What score, collapse and export work on: the checkpoint, or the model named by
+    ``--model`` (:class:`lacoot.lm.Brought`) with its text corpus."""
+    from .config import LM_DEFAULTS, RunConfig
+    from .lm import Brought
+
+    if args.checkpoint is not None and args.model is not None:
+        raise ValueError(f"a checkpoint ({args.checkpoint!r}) and --model {args.model!r}; "
+                         "expected one of them")  # fmt: skip
+    if args.checkpoint is not None:
+        return args.checkpoint
+    if args.model is None:
+        raise ValueError(
+            f"lacoot {args.command} needs a checkpoint (written by lacoot train) or --model "
+            "hf:FOLDER / hf:FILE.gguf with --dataset text --data-dir DIR"
+        )
+    given = {k: getattr(args, k) for k in BROUGHT_OPTIONS if getattr(args, k) is not None}
+    given = {"dataset": "text", "batch_size": LM_DEFAULTS["batch_size"]} | given
+    cfg = RunConfig.from_dict(given)  # checks each value, names the flag
+    return Brought(model=cfg.model, data_dir=args.data_dir, dataset=cfg.dataset,
+                   seq_len=cfg.seq_len, test_fraction=cfg.test_fraction,
+                   batch_size=cfg.batch_size)  # fmt: skip
+
+
+def _brought(args: argparse.Namespace) -> bool:
+    """Whether the command works on a model named by --model rather than a checkpoint."""
+    return getattr(args, "model", None) is not None and args.checkpoint is None
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from .pipeline import run_scoring
 
     scores = run_scoring(
-        args.checkpoint, args.criterion, args.device, args.data_dir, args.seed, out=args.out,
-        overwrite=args.overwrite, val_from=args.val_from,
+        _source(args), args.criterion, args.device, args.data_dir, args.seed, out=args.out,
+        overwrite=args.overwrite, val_from=args.val_from, progress=not args.no_progress,
     )  # fmt: skip
     _print_json(scores)
     return 0
@@ -181,18 +213,29 @@ EXPORT_OPTIONS = ("criterion", "repair", "calib_samples")  # the collapse option
 
 
 def _collapse_config(args: argparse.Namespace, keys: Sequence[str] | None = None) -> Any:
-    from .config import CollapseConfig
+    """The collapse options given (those of ``keys``); a language model's defaults
+    (:data:`lacoot.config.LM_DEFAULTS`) in place of the others' where a flag is not given."""
+    from .config import LM_DEFAULTS, CollapseConfig
 
     given = _given(args, CollapseConfig)
+    if _brought(args):
+        lm = {k: v for k, v in LM_DEFAULTS.items() if k in CollapseConfig.__dataclass_fields__}
+        given = lm | given
     return CollapseConfig.from_dict({k: v for k, v in given.items() if keys is None or k in keys})
 
 
 def cmd_collapse(args: argparse.Namespace) -> int:
     from .pipeline import run_collapse
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "collapse"
+    source = _source(args)
+    if args.out:
+        out = Path(args.out)
+    elif _brought(args):
+        raise ValueError(f"--model {args.model!r} needs --out: the report folder")
+    else:
+        out = Path(args.checkpoint).parent / "collapse"
     report = run_collapse(
-        args.checkpoint, out, _collapse_config(args), device=args.device,
+        source, out, _collapse_config(args), device=args.device,
         data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
         progress=not args.no_progress, val_from=args.val_from,
     )  # fmt: skip
@@ -201,15 +244,27 @@ def cmd_collapse(args: argparse.Namespace) -> int:
 
 
 def _summarise(report: dict[str, Any], out: Path) -> None:
+    from .report import metric_text
+
     chosen = report["chosen"]
-    full = report["sweeps"][report["criterion"]]["points"][0]
+    sweep = report["sweeps"][report["criterion"]]
+    full, metric = sweep["points"][0], sweep.get("metric", "top1_accuracy")
+    name, show = metric_text(metric)
+    tokens = ""
+    if "token_accuracy" in chosen:
+        was, now = full["token_accuracy"]["test"], chosen["token_accuracy"]["test"]
+        tokens = f", next-token accuracy {_pct(was)} -> {_pct(now)}"
     print(
-        f"removed {chosen['k']} blocks {chosen['removed']}: test accuracy "
-        f"{full['test_accuracy']:.2f}% -> {chosen['test_accuracy']:.2f}%, MACs "
+        f"removed {chosen['k']} blocks {chosen['removed']}: test {name} "
+        f"{show(full['test_accuracy'])} -> {show(chosen['test_accuracy'])}{tokens}, MACs "
         f"{full['macs'] / 1e6:.2f} M -> {chosen['macs'] / 1e6:.2f} M "
         f"(repair {report['repair']['method']!r}; without it "
-        f"{chosen['unrepaired']['test_accuracy']:.2f}%); report in {out}"
+        f"{show(chosen['unrepaired']['test_accuracy'])}); report in {out}"
     )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -217,7 +272,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     blocks = int(args.blocks) if args.blocks.isdigit() else [n for n in args.blocks.split(",") if n]
     done = run_export(
-        args.checkpoint, args.output, blocks, args.format, _collapse_config(args, EXPORT_OPTIONS),
+        _source(args), args.output, blocks, args.format, _collapse_config(args, EXPORT_OPTIONS),
         device=args.device, data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
         fold_bn=args.fold_bn, optimize=args.optimize, val_from=args.val_from,
         embed_normalization=args.embed_normalization,
@@ -243,7 +298,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cond["under_load"]:
         print(f"lacoot: warning: the latency was taken under load ({'; '.join(cond['reasons'])}); "
               "measure again on an idle machine", file=sys.stderr)  # fmt: skip
-    if done["sidecar"] is not None:
+    if done["sidecar"] is not None and not _brought(args):
         takes = (
             "pixel / 255: the normalisation is its first layer"
             if done["normalization_embedded"]
@@ -274,11 +329,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _checkpoint_options(p: argparse.ArgumentParser) -> None:
     from .config import RunConfig
 
-    p.add_argument("checkpoint", help="checkpoint.pt written by lacoot train")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint.pt written by lacoot train (or "
+                   "--model hf:... with --dataset text instead)")  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--data-dir", default=None, help="override the checkpoint's data folder")
-    p.add_argument("--seed", type=int, default=0, help="seed of the scoring randomness")
-    add_options(p, RunConfig, ["val_from"])
+    p.add_argument("--data-dir", default=None, help="override the checkpoint's data folder; with "
+                   "--model hf:..., the folder of text files")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the scoring randomness (and of "
+                   "the text split)")  # fmt: skip
+    add_options(p, RunConfig, ["val_from", *BROUGHT_OPTIONS])
     p.set_defaults(val_from="val")
 
 
@@ -315,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", nargs="+", default=["msw"], help="one or more criteria")
     p.add_argument("--out", help="also write the scores to OUT/scores.json (OUT: a folder)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier OUT/scores.json")
+    p.add_argument("--no-progress", action="store_true", help="print no progress lines")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("collapse", help="sweep, choose within a budget, report")
@@ -333,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many blocks to remove (in --criterion order), or their names, comma-separated",
     )
     add_options(p, CollapseConfig, EXPORT_OPTIONS)
-    p.add_argument("--format", choices=FORMATS, default="pt", help="file format")
+    p.add_argument("--format", choices=FORMATS, default="pt", help="file format (hf: a "
+                   "save_pretrained folder with the tokenizer, for --model hf:...)")  # fmt: skip
     p.add_argument(
         "--fold-bn",
         action=argparse.BooleanOptionalAction,

@@ -34,6 +34,14 @@ DEFAULT_TARGET_MACS = 0.55  # penalise the blocks whose removal brings the MACs 
 BUDGETS = ("max_drop", "max_macs", "max_latency", "blocks")  # CollapseConfig's budget options
 VAL_FROM = ("val", "train")  # the splits that may score, choose and calibrate
 DEFAULT_FADE = 0.6  # fade the blocks meant to go out over the last 60% of the training
+# a language model (--model hf:...) takes these where the flag is not given: a patch module
+# cannot stand among a decoder's layers (fused folds the maps in), greedy costs n(n+1)/2
+# evaluations of the whole validation text, a batch of 128 sequences holds 128 * seq_len * vocab
+# logits
+LM_DEFAULTS: dict[str, Any] = {
+    "criterion": "msw", "compare": ("cosine",), "repair": "fused", "batch_size": 8,
+    "latency_batch_sizes": (1,),
+}  # fmt: skip
 
 
 _NO_LEGACY: Any = type("NoLegacy", (), {"__repr__": lambda self: "<no legacy value>"})()
@@ -217,6 +225,12 @@ def _models() -> tuple[str, ...]:
     from .models import list_models
 
     return tuple(list_models())
+
+
+def _canonical_model(name: str) -> str:
+    from .model_source import canonical_model
+
+    return canonical_model(name)  # raises with the valid names and prefixes
 
 
 def _repairs() -> tuple[str, ...]:
@@ -458,13 +472,27 @@ class CollapseConfig(Options):
 class _Job(Options):
     """What a run trains on and where it writes."""
 
-    model: str = option("resnet20", "zoo model name", choices=_models, label="model")
+    model: str = option(
+        "resnet20", "zoo model name, or a model of another library: hf:FOLDER or hf:FILE.gguf (a "
+        "Hugging Face causal LM and its tokenizer), timm:NAME, torchvision:NAME",
+        choices=_models, canonical=_canonical_model, label="model",
+    )  # fmt: skip
     model_args: dict[str, Any] = option({}, "extra model constructor argument KEY=VALUE "
                                         "(repeatable), e.g. stem=imagenet")  # fmt: skip
     dataset: str = option("fashion-mnist", "dataset", choices=_datasets,
                           canonical=_canonical_dataset)  # fmt: skip
     data_dir: str | None = option(None, "folder of the dataset files (none: $LACOOT_DATA, "
                                   "then system folders)")  # fmt: skip
+    seq_len: int = option(256, "text: tokens per sequence (each chunk of the corpus holds one "
+                          "more, the last next-token target)", check=_count,
+                          expect="a token count >= 1")  # fmt: skip
+    test_fraction: float = option(0.1, "text: fraction of the chunks held out for test",
+                                  check=lambda v: 0 < v < 1,
+                                  expect="0 < value < 1")  # fmt: skip
+    init: str | None = option(
+        None, "start the training from these weights: a lacoot checkpoint, a state_dict .pt or "
+        ".safetensors file whose keys match the model's exactly (sha256 recorded)",
+    )  # fmt: skip
     val_fraction: float = option(0.1, "fraction of the training set held out for validation "
                                  "and scoring", check=lambda v: 0 <= v < 1,
                                  expect="0 <= value < 1")  # fmt: skip
@@ -514,7 +542,7 @@ class RunConfig(CollapseConfig, TrainConfig, _Job):
             )
 
     def data_spec(self) -> dict[str, Any]:
-        return {
+        spec = {
             "dataset": self.dataset,
             "data_dir": self.data_dir,
             "val_fraction": self.val_fraction,
@@ -522,3 +550,6 @@ class RunConfig(CollapseConfig, TrainConfig, _Job):
             "batch_size": self.batch_size,
             "augment": self.augment,
         }
+        if self.dataset == "text":
+            spec |= {"seq_len": self.seq_len, "test_fraction": self.test_fraction}
+        return spec

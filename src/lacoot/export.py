@@ -31,7 +31,8 @@ __all__ = [
 ]  # fmt: skip
 
 MODEL_FORMAT = 1
-FORMATS = ("pt", "torchscript", "onnx")
+MODULE_FORMATS = ("pt", "torchscript", "onnx")  # what export_model writes
+FORMATS = (*MODULE_FORMATS, "hf")  # hf: a Hugging Face model's save_pretrained folder (lacoot.lm)
 
 
 def save_model(
@@ -82,6 +83,7 @@ SPEC_KEYS = ("name", "num_classes", "in_channels")
 def _check_spec(spec: Any, where: str = "spec") -> None:
     """A zoo specification: a dict with a registered ``name``, ``num_classes``, ``in_channels``
     and optional ``kwargs``."""
+    from .model_source import split_source
     from .models import list_models
 
     missing = [k for k in SPEC_KEYS if not isinstance(spec, dict) or k not in spec]
@@ -91,6 +93,8 @@ def _check_spec(spec: Any, where: str = "spec") -> None:
             "{'name', 'num_classes', 'in_channels', 'kwargs'} (lacoot.load rebuilds zoo models "
             "only; save any other model with torch.save)"
         )
+    if split_source(spec["name"])[0] in ("timm", "torchvision"):
+        return  # rebuilt by its library (lacoot.model_source)
     if spec["name"] not in list_models():
         raise ValueError(f"{where} names model {spec['name']!r}, which is not in the zoo; "
                          f"valid names: {', '.join(list_models())}")  # fmt: skip
@@ -103,7 +107,6 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     weights do not fit its specification.
     """
     from .checkpoint import safe_torch_load
-    from .models import create
     from .repair import LinearPatch
 
     state = safe_torch_load(path, "model file", "lacoot export --format pt", map_location)
@@ -111,12 +114,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
         raise ValueError(f"{str(path)!r} is not a lacoot model file (see lacoot export)")
     spec = state.get("model_spec")
     _check_spec(spec, f"model file {str(path)!r}: its specification")
-    model = create(
-        spec["name"],
-        num_classes=spec["num_classes"],
-        in_channels=spec["in_channels"],
-        **spec.get("kwargs", {}),
-    )
+    model = _build(spec)
     patched = state.get("patched", {})
     for name, shape in patched.items():  # in place, before any deletion renumbers a container
         parent, _, child = name.rpartition(".")
@@ -134,6 +132,18 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
         first = str(exc).splitlines()[0]
         raise ValueError(f"weights in {str(path)!r} do not fit {spec['name']} ({first})") from None
     return model.to(map_location).eval()
+
+
+def _build(spec: dict[str, Any]) -> nn.Module:
+    """A fresh model of a specification: from the zoo, or from timm/torchvision."""
+    from .model_source import build_library_model, split_source
+    from .models import create
+
+    kwargs = spec.get("kwargs", {})
+    if split_source(spec["name"])[0] != "zoo":
+        return build_library_model(spec["name"], spec["num_classes"], spec["in_channels"], kwargs)
+    return create(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                  **kwargs)  # fmt: skip
 
 
 class Normalize(nn.Module):
@@ -297,8 +307,8 @@ def export_model(
     from .fold import fold_batchnorm
     from .profile import count_macs, count_params, measure_latency
 
-    if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt not in MODULE_FORMATS:
+        raise ValueError(f"format={fmt!r}; expected one of {', '.join(MODULE_FORMATS)}")
     fold = fmt != "pt" if fold_bn is None else bool(fold_bn)
     if fold and fmt == "pt":
         raise ValueError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,14 +31,16 @@ from ._io import atomic_write_text
 from .blocks import Block, find_blocks, remove_blocks
 from .checkpoint import CheckpointError, faded_blocks, load_checkpoint
 from .collapse import Sweep, SweepPoint, sweep
-from .config import CollapseConfig, RunConfig
+from .config import LM_DEFAULTS, CollapseConfig, RunConfig
 from .criteria import score_blocks
 from .device import resolve_device
 from .distributed import barrier, broadcast_object, env_rank, info, init_from_env, shutdown
+from .init_weights import load_init, weights_mismatch
 from .metrics import Memoized, top1_accuracy
 from .outdir import OutputFolder, command_line
 from .profile import count_macs, recording_latencies
 from .provenance import environment, latency_conditions, load_average
+from .subject import Subject
 from .train import train
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
 TRAIN_OUTPUTS = ("checkpoint.pt", "log.json", "log.csv", "tensorboard", "config.json")
 COLLAPSE_OUTPUTS = (
     "report.json", "report.md", "accuracy_vs_macs.png", "shallow.pt", "shallow.pt.json",
+    "shallow", "shallow.json",
 )  # fmt: skip
 RUN_OUTPUTS = (*TRAIN_OUTPUTS, *COLLAPSE_OUTPUTS, "config.yaml")
 SCORE_OUTPUTS = ("scores.json",)
@@ -161,9 +165,12 @@ def _check_batch(batch_size: int, n_train: int, n_val: int) -> None:
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build a zoo model from ``{"name", "num_classes", "in_channels", "kwargs"}``; arguments
     the model does not take are a ``ValueError`` naming them."""
+    from .model_source import build_library_model, split_source
     from .models import create
 
     kwargs = spec.get("kwargs", {})
+    if split_source(spec["name"])[0] != "zoo":
+        return build_library_model(spec["name"], spec["num_classes"], spec["in_channels"], kwargs)
     try:
         return create(spec["name"], num_classes=spec["num_classes"],
                       in_channels=spec["in_channels"], **kwargs)  # fmt: skip
@@ -183,24 +190,6 @@ def _example(image_shape: Sequence[int], device: torch.device, batch: int = 2) -
     return torch.zeros(batch, *image_shape, device=device)
 
 
-def _mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
-    """How a state dict differs from a model's: counts and the first names of each kind."""
-    want = model.state_dict()
-    missing = [k for k in want if k not in weights]
-    extra = [k for k in weights if k not in want]
-    shaped = [
-        f"{k} {tuple(weights[k].shape)} (model {tuple(want[k].shape)})"
-        for k in want
-        if k in weights and tuple(weights[k].shape) != tuple(want[k].shape)
-    ]
-    parts = []
-    for what, names in (("missing", missing), ("unexpected", extra), ("of another shape", shaped)):
-        if names:
-            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            parts.append(f"{len(names)} weights {what}: {shown}")
-    return "; ".join(parts) or "the weights do not load"
-
-
 def model_from_checkpoint(
     state: dict[str, Any], path: str | os.PathLike, device: torch.device
 ) -> tuple[nn.Module, list[Block], dict[str, Any]]:
@@ -214,7 +203,7 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError:
-        why = _mismatch(model, state["model"])
+        why = weights_mismatch(model, state["model"])
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit model {state['model_spec']['name']!r} "
             f"with {state['model_spec']['num_classes']} classes ({why})"
@@ -247,6 +236,44 @@ def calibration_data(
             f"(val_fraction={spec['val_fraction']}) for {what}; expected val_from='val'"
         )
     return data, data.val if data.val is not None else data.train, spec
+
+
+def checkpoint_subject(
+    checkpoint: str | os.PathLike, device: torch.device, data_dir: str | None = None,
+    seed: int = 0, val_from: str = "val", what: str = "scoring",
+) -> Subject:  # fmt: skip
+    """The trained model of a checkpoint, its blocks and its data (:func:`calibration_data`),
+    judged by top-1 accuracy."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    model, found, spec = model_from_checkpoint(state, checkpoint, device)
+    data, calib, spec = calibration_data(spec, device, data_dir, seed, val_from, what)
+    return Subject(
+        model=model, blocks=found, calib=calib, test=data.test,
+        example=_example(state["image_shape"], device, batch=1), metric=top1_accuracy,
+        model_spec=state["model_spec"], data_spec=spec,
+        preprocessing=state.get("preprocessing") or data.preprocessing,
+        fingerprint={"checkpoint": state.get("data_fingerprint"), "now": data.fingerprint},
+        source=str(checkpoint), state=state,
+    )  # fmt: skip
+
+
+def load_subject(
+    source: Any, device: torch.device, data_dir: str | None, seed: int, val_from: str,
+    what: str, say: Callable[[str], None],
+) -> Subject:  # fmt: skip
+    """A checkpoint's :class:`Subject`, or that of a model brought as it is
+    (:class:`lacoot.lm.Brought`, whose corpus it names itself)."""
+    from .lm import Brought, lm_subject
+
+    if isinstance(source, Brought):
+        if val_from != "val":
+            raise ValueError(
+                f"val_from={val_from!r} with --model {source.model!r}; a model brought as it is "
+                "calibrates on every chunk not held out for test"
+            )
+        return lm_subject(source, device, seed, say)
+    say(f"loading {source}")
+    return checkpoint_subject(source, device, data_dir, seed, val_from, what)
 
 
 def _calib_count(loader: Any, asked: int) -> int:
@@ -406,7 +433,9 @@ def _train_in(
     )
     torch.manual_seed(cfg.seed)
     model_spec = _model_spec(cfg, data)
-    model = build_model(model_spec).to(device)
+    model = build_model(model_spec)
+    init = None if cfg.init is None else load_init(cfg.init, model, cfg.model)
+    model = model.to(device)
     blocks = find_blocks(model, _example(data.image_shape, device))
     _check_targets(cfg, blocks)
     if resume:
@@ -420,7 +449,7 @@ def _train_in(
         "model_spec": model_spec, "data_spec": cfg.data_spec(),
         "image_shape": list(data.image_shape), "run_config": json.dumps(cfg.to_dict()),
         "preprocessing": data.preprocessing, "data_fingerprint": data.fingerprint,
-        "environment": environment(device),
+        "environment": environment(device), "init": init,
     }  # fmt: skip
     try:
         result = train(model, blocks, data.train, data.val, cfg.train_config(), out_dir=out,
@@ -443,7 +472,7 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def run_scoring(
-    checkpoint: str | os.PathLike,
+    checkpoint: Any,
     criteria: Sequence[str] = ("msw",),
     device: str = "auto",
     data_dir: str | None = None,
@@ -451,22 +480,30 @@ def run_scoring(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     val_from: str = "val",
+    progress: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Scores of every block of a checkpoint's model on its validation split, per criterion;
-    also written to ``out/scores.json`` when the folder ``out`` is given (an earlier
-    ``scores.json`` there is an error unless ``overwrite``)."""
+    """Scores of every block of a checkpoint's model on its validation split (or of a model
+    brought as it is, ``checkpoint`` a :class:`lacoot.lm.Brought`, on its calibration text), per
+    criterion; also written to ``out/scores.json`` when the folder ``out`` is given (an earlier
+    ``scores.json`` there is an error unless ``overwrite``). ``progress`` prints each phase."""
     folder = OutputFolder.open(out, command_line()) if out is not None else None
+    say = _announcer(progress)
     with _holding(folder):
         if folder is not None:
             folder.refuse_existing(SCORE_OUTPUTS, overwrite)
-        dev = resolve_device(device)
-        state = load_checkpoint(checkpoint, map_location=dev)
-        model, blocks, spec = model_from_checkpoint(state, checkpoint, dev)
-        _, calib, _ = calibration_data(spec, dev, data_dir, seed, val_from, "scoring")
-        scores = {c: score_blocks(model, blocks, calib, criterion=c, seed=seed) for c in criteria}
+        sub = load_subject(checkpoint, resolve_device(device), data_dir, seed, val_from,
+                           "scoring", say)  # fmt: skip
+        extra = (
+            {"evaluate": sub.metric, "repair": LM_DEFAULTS["repair"]} if sub.language_model else {}
+        )
+        scores = {}
+        for c in criteria:
+            say(f"scoring {len(sub.blocks)} blocks by {c!r}")
+            scores[c] = score_blocks(sub.model, sub.blocks, sub.calib, criterion=c, seed=seed,
+                                     progress=lambda msg: say(f"  {msg}"), **extra)  # fmt: skip
         if folder is not None:
             atomic_write_text(folder.path / "scores.json", json.dumps(scores, indent=2))
-            folder.commit(source=checkpoint)
+            folder.commit(source=None if sub.language_model else checkpoint)
     return scores
 
 
@@ -559,57 +596,69 @@ def run_collapse(
 
 
 def _collapse_in(
-    checkpoint: str | os.PathLike, folder: OutputFolder, opts: CollapseConfig, device: str,
+    source: Any, folder: OutputFolder, opts: CollapseConfig, device: str,
     data_dir: str | None, seed: int, progress: bool, val_from: str,
 ) -> dict[str, Any]:  # fmt: skip
     """:func:`run_collapse` inside its held folder."""
-    dev = resolve_device(device)
-    state = load_checkpoint(checkpoint, map_location=dev)
-    model, found, spec = model_from_checkpoint(state, checkpoint, dev)
-    if opts.blocks is not None and opts.blocks > len(found):
+    dev, say = resolve_device(device), _announcer(progress)
+    sub = load_subject(source, dev, data_dir, seed, val_from,
+                       "scoring and choosing the collapse", say)  # fmt: skip
+    if opts.blocks is not None and opts.blocks > len(sub.blocks):
         raise ValueError(
-            f"blocks={opts.blocks}, but the model has only {len(found)} collapsible blocks"
+            f"blocks={opts.blocks}, but the model has only {len(sub.blocks)} collapsible blocks"
         )
-    data, calib, spec = calibration_data(spec, dev, data_dir, seed, val_from,
-                                         "scoring and choosing the collapse")  # fmt: skip
-    used = _calib_count(calib, opts.calib_samples)
+    used = _calib_count(sub.calib, opts.calib_samples)
     opts = CollapseConfig.from_dict({**opts.to_dict(), "calib_samples": used})
-    example = _example(state["image_shape"], dev, batch=1)
-    say = _announcer(progress)
-    memo, faded = Memoized(top1_accuracy), faded_blocks(state)
+    memo, faded = Memoized(sub.metric), faded_blocks(sub.state)
     before = load_average()
     with recording_latencies() as timed:
         scores, sweeps = _sweep_orders(
-            model, found, calib, data.test, example, opts, seed, say, memo, faded
+            sub.model, sub.blocks, sub.calib, sub.test, sub.example, opts, seed, say, memo, faded
         )
     conditions = latency_conditions([t.spread for t in timed], before, load_average(), dev)
-    chosen = _choose(sweeps[opts.criterion], opts, model, faded, calib, memo)
-    reference = chosen[1]
-    shallow = _repaired(model, chosen[0], calib, opts, faded)
+    chosen = _choose(sweeps[opts.criterion], opts, sub.model, faded, sub.calib, memo)
+    say(f"chose {chosen[0].k} blocks; repairing and writing {folder.path}")
+    shallow = _repaired(sub.model, chosen[0], sub.calib, opts, faded)
     folder.clear_previous(COLLAPSE_OUTPUTS)
-    pre = state.get("preprocessing") or data.preprocessing
-    _save_shallow(folder.path / "shallow.pt", shallow, state["model_spec"], chosen[0], pre)
-    report = {
-        "environment": environment(dev), "checkpoint": str(checkpoint), "seed": seed,
-        "model_spec": state["model_spec"], "data_spec": spec, "val_from": val_from,
-        "train_config": state.get("train_config"), "train_history": state.get("history"),
-        "train_environment": state.get("environment"), "preprocessing": pre,
-        "data_fingerprint": {"checkpoint": state.get("data_fingerprint"), "now": data.fingerprint},
-        "blocks": [b.to_dict() for b in found], "criterion": opts.criterion,
-        "budget": {"max_drop": opts.max_drop, "max_macs": opts.max_macs,
-                   "max_latency": opts.max_latency, "blocks": opts.blocks},  # fmt: skip
-        "reference": reference,
-        "repair": {"method": opts.repair, "calib_samples": used if opts.repair != "none" else 0,
-                   "calib_split": "train" if val_from == "train" else "val"},  # fmt: skip
-        "latency_conditions": conditions,
-        "penalized": (state.get("regularizer") or {}).get("targets"),
-        "full_macs": count_macs(model, example), "scores": scores,
-        "sweeps": {k: s.to_dict() for k, s in sweeps.items()}, "chosen": chosen[0].to_dict(),
-    }  # fmt: skip
+    _save_shallow(folder.path, shallow, sub, chosen[0])
+    report = _collapse_report(sub, opts, dev, seed, val_from, chosen, conditions, scores, sweeps)
     from .report import write_report
 
     write_report(folder.path, report)
-    folder.commit(source=checkpoint)
+    folder.commit(source=None if sub.language_model else sub.source)
+    return report
+
+
+def _collapse_report(
+    sub: Subject, opts: CollapseConfig, dev: torch.device, seed: int, val_from: str,
+    chosen: tuple[SweepPoint, dict[str, Any]], conditions: dict[str, Any],
+    scores: dict[str, dict[str, float]], sweeps: dict[str, Sweep],
+) -> dict[str, Any]:  # fmt: skip
+    """``report.json``'s contents."""
+    state = sub.state
+    report = {
+        "environment": environment(dev), "checkpoint": None if sub.language_model else sub.source,
+        "seed": seed, "model_spec": sub.model_spec, "data_spec": sub.data_spec,
+        "val_from": val_from,
+        "train_config": state.get("train_config"), "train_history": state.get("history"),
+        "train_environment": state.get("environment"), "preprocessing": sub.preprocessing,
+        "init": state.get("init"), "data_fingerprint": sub.fingerprint,
+        "blocks": [b.to_dict() for b in sub.blocks], "criterion": opts.criterion,
+        "budget": {"max_drop": opts.max_drop, "max_macs": opts.max_macs,
+                   "max_latency": opts.max_latency, "blocks": opts.blocks},  # fmt: skip
+        "reference": chosen[1],
+        "repair": {"method": opts.repair,
+                   "calib_samples": opts.calib_samples if opts.repair != "none" else 0,
+                   "calib_split": "train" if val_from == "train" else "val"},  # fmt: skip
+        "latency_conditions": conditions,
+        "penalized": (state.get("regularizer") or {}).get("targets"),
+        "full_macs": count_macs(sub.model, sub.example), "scores": scores,
+        "sweeps": {k: s.to_dict() for k, s in sweeps.items()}, "chosen": chosen[0].to_dict(),
+    }  # fmt: skip
+    if sub.language_model:
+        from .lm import add_token_accuracy
+
+        add_token_accuracy(report, sub.metric, sub.calib, sub.test)
     return report
 
 
@@ -637,14 +686,21 @@ def _repaired(
                         identities=faded)  # fmt: skip
 
 
-def _save_shallow(
-    path: Path, model: nn.Module, spec: dict[str, Any], chosen: SweepPoint, pre: dict[str, Any]
-) -> None:
-    """``shallow.pt`` and its input description ``shallow.pt.json``."""
+def _save_shallow(folder: Path, model: nn.Module, sub: Subject, chosen: SweepPoint) -> None:
+    """``shallow.pt`` and its input description ``shallow.pt.json``; for a language model the
+    folder ``shallow`` (``save_pretrained``, with its tokenizer) and ``shallow.json``."""
     from .export import save_model, write_sidecar
 
-    save_model(path, model, spec, list(chosen.removed), preprocessing=pre)
-    write_sidecar(path, "pt", pre, embedded=False, removed=list(chosen.removed))
+    removed = list(chosen.removed)
+    if sub.language_model:
+        from .lm import save_lm, write_lm_sidecar
+
+        save_lm(folder / "shallow", model, sub.tokenizer)
+        write_lm_sidecar(folder / "shallow", "hf", sub, removed)
+        return
+    path, pre = folder / "shallow.pt", sub.preprocessing
+    save_model(path, model, sub.model_spec, removed, preprocessing=pre)
+    write_sidecar(path, "pt", pre, embedded=False, removed=removed)
 
 
 def _announcer(enabled: bool) -> Any:
@@ -701,10 +757,18 @@ def run_export(
     model included)."""
     from .collapse import removal_order
     from .export import export_model
+    from .lm import Brought
     from .repair import repair
 
     opts = options or CollapseConfig()
     output = Path(output)
+    if isinstance(checkpoint, Brought):
+        return _export_lm(checkpoint, output, blocks, fmt, opts, device, seed, overwrite)
+    if fmt == "hf":
+        raise ValueError(
+            f"--format hf writes a Hugging Face model; {str(checkpoint)!r} is a lacoot "
+            "checkpoint: expected --format pt, torchscript or onnx"
+        )
     _check_export_target(output, checkpoint, overwrite)
     dev = resolve_device(device)
     state = load_checkpoint(checkpoint, map_location=dev)
@@ -738,6 +802,74 @@ def run_export(
     spreads = [t.spread for t in timed]
     done["latency_conditions"] = latency_conditions(spreads, before, load_average(), dev)
     return done
+
+
+def _removed_blocks(sub: Subject, blocks: int | Sequence[str], criterion: str, seed: int,
+                    say: Callable[[str], None]) -> list[str]:  # fmt: skip
+    """The blocks to remove: the first ``blocks`` in ``criterion`` order, or those named."""
+    from .collapse import removal_order
+
+    names = [b.name for b in sub.blocks]
+    if not isinstance(blocks, int):
+        unknown = [n for n in blocks if n not in names]
+        if unknown:
+            raise ValueError(f"--blocks {unknown} are not collapsible; expected some of {names}")
+        return list(blocks)
+    if blocks > len(names):
+        raise ValueError(f"--blocks {blocks}, but the model has only {len(names)} blocks")
+    say(f"scoring {len(names)} blocks by {criterion!r}")
+    scores = score_blocks(sub.model, sub.blocks, sub.calib, criterion=criterion, seed=seed,
+                          evaluate=sub.metric, repair=LM_DEFAULTS["repair"])  # fmt: skip
+    return removal_order(sub.blocks, scores)[:blocks]
+
+
+LM_FORMATS = ("hf", "onnx")
+
+
+def _export_lm(
+    brought: Any, output: Path, blocks: int | Sequence[str], fmt: str, opts: CollapseConfig,
+    device: str, seed: int, overwrite: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`run_export` of a language model brought as it is: a ``save_pretrained`` folder
+    with its tokenizer (``hf``) or ONNX, and ``OUTPUT.json`` beside it."""
+    from .export import sidecar_path
+    from .lm import export_lm_onnx, save_lm, write_lm_sidecar
+    from .profile import count_params, measure_latency
+    from .repair import repair
+
+    if fmt not in LM_FORMATS:
+        raise ValueError(f"--format {fmt!r} for --model {brought.model!r}; expected hf (a "
+                         "save_pretrained folder) or onnx")  # fmt: skip
+    for path in (output, sidecar_path(output)):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{str(path)!r} already exists; pass --overwrite to replace it")
+    say = _announcer(True)
+    sub = load_subject(brought, resolve_device(device), None, seed, "val", "the export", say)
+    removed = _removed_blocks(sub, blocks, opts.criterion, seed, say)
+    say(f"removing {removed} (repair {opts.repair!r})")
+    shallow = repair(sub.model, removed, sub.calib, opts.repair, opts.calib_samples).eval()
+    diff = None
+    say(f"writing {output} ({fmt})")
+    if fmt == "hf":
+        if output.is_dir():
+            shutil.rmtree(output)
+        elif output.exists():
+            output.unlink()
+        save_lm(output, shallow, sub.tokenizer)
+    else:
+        diff = export_lm_onnx(shallow, sub.example, output)
+    sidecar = write_lm_sidecar(output, fmt, sub, removed)
+    shallow.to(sub.example["input_ids"].device)
+    before = load_average()
+    latency = measure_latency(shallow, sub.example, repeats=opts.latency_repeats)
+    return {
+        "path": str(output), "format": fmt, "removed": removed, "folded_bn": False,
+        "optimized": False, "normalization_embedded": False, "sidecar": str(sidecar),
+        "macs": count_macs(shallow, sub.example), "params": count_params(shallow),
+        "latency_ms": latency.median_ms, "onnx_max_abs_diff": diff,
+        "latency_conditions": latency_conditions([latency.spread], before, load_average(),
+                                                 resolve_device(device)),
+    }  # fmt: skip
 
 
 def _config_text(cfg: RunConfig) -> str:

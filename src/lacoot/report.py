@@ -12,7 +12,20 @@ from typing import Any
 
 from ._io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["markdown_table", "write_report", "plot_sweeps", "render_markdown", "save_figure"]
+__all__ = [
+    "markdown_table", "write_report", "plot_sweeps", "render_markdown", "save_figure",
+    "metric_text",
+]  # fmt: skip
+
+# a sweep's metric (higher is better) -> its name, its unit and the sign that shows it as read
+# (minus the perplexity is shown as the perplexity)
+METRICS = {
+    "top1_accuracy": ("accuracy", "%", 1.0),
+    "token_accuracy": ("next-token accuracy", "%", 1.0),
+    "negative_perplexity": ("perplexity", "", -1.0),
+}
+COLUMN = {"top1_accuracy": "acc %", "token_accuracy": "next-token acc %",
+          "negative_perplexity": "perplexity"}  # fmt: skip
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -25,6 +38,23 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def metric_text(metric: str) -> tuple[str, Any]:
+    """The name of a sweep's ``metric`` and ``show(value) -> str`` that prints a value as it is
+    read (a perplexity positive, an accuracy with ``%``)."""
+    name, unit, sign = METRICS.get(metric, (metric, "", 1.0))
+    return name, lambda v: "-" if v is None else f"{sign * v:.2f}{unit}"
+
+
+def _metric(report: dict[str, Any]) -> str:
+    return report["sweeps"][report["criterion"]].get("metric", "top1_accuracy")
+
+
+def _shown(report: dict[str, Any], value: float | None) -> str:
+    """A value of the report's metric as read, without its unit (a table cell)."""
+    sign = METRICS.get(_metric(report), ("", "", 1.0))[2]
+    return _fmt(None if value is None else sign * value)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -50,7 +80,12 @@ def _md_header(report: dict[str, Any]) -> list[str]:
         f"- command: `{env['command']}`",
         f"- date: {env['date']}; device: {env['device']}; torch {env['torch']}; "
         f"lacoot {env['lacoot']}; {env['platform']}",
-        f"- seed: {report['seed']}; checkpoint: `{report['checkpoint']}`",
+        f"- seed: {report['seed']}; "
+        + (
+            f"checkpoint: `{report['checkpoint']}`"
+            if report.get("checkpoint")
+            else f"model: `{spec['name']}` (as it is, no lacoot training)"
+        ),
     ]
     tc = report.get("train_config") or {}
     if tc:
@@ -66,11 +101,13 @@ def _md_header(report: dict[str, Any]) -> list[str]:
         )
     rep = report.get("repair") or {"method": "none", "calib_samples": 0}
     split = "training" if _on_train_split(report) else "validation"
+    if not report.get("checkpoint") and _samples(report) == "sequences":
+        split = "calibration (every sequence not held out for test)"
     out.append(
         f"- repair: `{rep['method']}`"
         + (
-            f", {rep['calib_samples']} calibration images of the {split} split, no gradient "
-            "step; accuracies are of the repaired model, the unrepaired ones beside them"
+            f", {rep['calib_samples']} calibration {_samples(report)} of the {split} split, no "
+            "gradient step; figures are of the repaired model, the unrepaired ones beside them"
             if rep["method"] != "none"
             else " (none)"
         )
@@ -85,8 +122,15 @@ def _md_header(report: dict[str, Any]) -> list[str]:
         out.append(f"- penalised during training: {', '.join(report['penalized'])}")
     out.extend(_md_faded(report))
     budget = ", ".join(f"{k} = {v}" for k, v in report["budget"].items() if v is not None)
+    if report["budget"].get("max_drop") is not None and _metric(report) != "top1_accuracy":
+        budget += f" (max_drop in units of {metric_text(_metric(report))[0]})"
     out.append(f"- block order: `{report['criterion']}`; budget: {budget}\n")
     return out
+
+
+def _samples(report: dict[str, Any]) -> str:
+    """What one sample is: an image, or a sequence of tokens."""
+    return "sequences" if (report.get("preprocessing") or {}).get("kind") == "text" else "images"
 
 
 def _on_train_split(report: dict[str, Any]) -> bool:
@@ -103,6 +147,13 @@ def _md_input(report: dict[str, Any]) -> list[str]:
     pre = report.get("preprocessing")
     if not pre:
         return []
+    if pre.get("kind") == "text":
+        return [
+            "## Input\n",
+            f"The models take {pre['inputs']} ({pre['tokenizer']}, sequences of "
+            f"{pre['seq_len']} tokens here) and give {pre['output']}. The `shallow` folder is a "
+            "`save_pretrained` folder with the tokenizer: `transformers` loads it as it is.\n",
+        ]
     mean = ", ".join(f"{v:.4f}" for v in pre["mean"])
     std = ", ".join(f"{v:.4f}" for v in pre["std"])
     shape = "x".join(str(v) for v in pre["input_shape"])
@@ -188,12 +239,14 @@ def _points(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any]]:
 def _md_chosen(report: dict[str, Any]) -> list[str]:
     points, latencies = _points(report)
     full, chosen = points[0], report["chosen"]
+    name, show = metric_text(_metric(report))
     return [
         "## Chosen collapse\n",
         f"{chosen['k']} of {len(points) - 1} blocks removed "
-        f"({', '.join(chosen['removed']) or 'none'}): test accuracy "
-        f"{_fmt(full['test_accuracy'])}% -> {_fmt(chosen['test_accuracy'])}%, "
-        f"MACs {full['macs'] / 1e6:.2f} M -> {chosen['macs'] / 1e6:.2f} M "
+        f"({', '.join(chosen['removed']) or 'none'}): test {name} "
+        f"{show(full['test_accuracy'])} -> {show(chosen['test_accuracy'])}, "
+        + _token_change(full, chosen)
+        + f"MACs {full['macs'] / 1e6:.2f} M -> {chosen['macs'] / 1e6:.2f} M "
         f"({chosen['macs'] / full['macs']:.1%}), parameters {full['params'] / 1e6:.3f} M -> "
         f"{chosen['params'] / 1e6:.3f} M"
         + "".join(
@@ -202,20 +255,30 @@ def _md_chosen(report: dict[str, Any]) -> list[str]:
             for b in latencies
         )
         + (
-            ". Training-split accuracy chose it (no validation split); test accuracy is reported.\n"
+            f". Training-split {name} chose it (no validation split); test {name} is reported.\n"
             if _on_train_split(report)
-            else ". Validation accuracy chose it; test accuracy is reported.\n"
+            else f". Validation {name} chose it; test {name} is reported.\n"
         ),
     ]
+
+
+def _token_change(full: dict[str, Any], chosen: dict[str, Any]) -> str:
+    """``next-token accuracy a% -> b%, `` when the report holds it."""
+    if "token_accuracy" not in chosen:
+        return ""
+    was, now = full["token_accuracy"]["test"], chosen["token_accuracy"]["test"]
+    return f"next-token accuracy {_fmt(was)}% -> {_fmt(now)}%, "
 
 
 def _md_sweep(report: dict[str, Any]) -> list[str]:
     points, latencies = _points(report)
     full = points[0]
-    metric = report["sweeps"][report["criterion"]].get("metric", "top1_accuracy")
-    unit = "acc %" if metric == "top1_accuracy" else metric
+    metric = _metric(report)
+    unit = COLUMN.get(metric, metric)
     val = "train-split" if _on_train_split(report) else "val"
     headers = ["k", "removed", f"{val} {unit}", f"test {unit}", f"unrepaired {val} / test {unit}"]
+    tokens = "token_accuracy" in full
+    headers += [f"{val} / test next-token acc %"] if tokens else []
     headers += ["MACs (M)"]
     headers += ["MACs %", "params (M)"]
     headers += [f"latency b={b} (ms)" for b in latencies]
@@ -224,10 +287,14 @@ def _md_sweep(report: dict[str, Any]) -> list[str]:
         row = [
             p["k"],
             p["removed"][-1] if p["removed"] else "-",
-            _fmt(p["val_accuracy"]),
-            _fmt(p["test_accuracy"]),
-            f"{_fmt(p['unrepaired'].get('val_accuracy'))} / "
-            f"{_fmt(p['unrepaired'].get('test_accuracy'))}",
+            _shown(report, p["val_accuracy"]),
+            _shown(report, p["test_accuracy"]),
+            f"{_shown(report, p['unrepaired'].get('val_accuracy'))} / "
+            f"{_shown(report, p['unrepaired'].get('test_accuracy'))}",
+        ]
+        if tokens:
+            row.append(f"{_fmt(p['token_accuracy']['val'])} / {_fmt(p['token_accuracy']['test'])}")
+        row += [
             f"{p['macs'] / 1e6:.2f}",
             f"{p['macs'] / full['macs']:.1%}",
             f"{p['params'] / 1e6:.3f}",
@@ -247,11 +314,12 @@ def _md_orders(report: dict[str, Any]) -> list[str]:
     names = list(report["sweeps"])
     rows = [
         [k, f"{points[k]['macs'] / 1e6:.2f}"]
-        + [_fmt(report["sweeps"][n]["points"][k]["test_accuracy"]) for n in names]
+        + [_shown(report, report["sweeps"][n]["points"][k]["test_accuracy"]) for n in names]
         for k in range(len(points))
     ]
+    name, unit, _ = METRICS.get(_metric(report), (_metric(report), "", 1.0))
     return [
-        "## Test accuracy (%) by block order\n",
+        f"## Test {name}{f' ({unit})' if unit else ''} by block order\n",
         f"MACs are those of the `{report['criterion']}` order; other orders remove other blocks, "
         "so their MACs differ.\n",
         markdown_table(["k", "MACs (M)", *names], rows),
@@ -278,18 +346,21 @@ def plot_sweeps(
         )
         return False
     fig, (ax_macs, ax_k) = plt.subplots(1, 2, figsize=(11, 4.2))
+    metric = next(iter(sweeps.values()), {}).get("metric", "top1_accuracy")
+    name, unit, sign = METRICS.get(metric, (metric, "", 1.0))
     for label, sw in sweeps.items():
         pts = sw["points"]
         acc = [
-            p["test_accuracy"] if p["test_accuracy"] is not None else p["val_accuracy"] for p in pts
+            sign * (p["test_accuracy"] if p["test_accuracy"] is not None else p["val_accuracy"])
+            for p in pts
         ]
         ax_macs.plot([p["macs"] / 1e6 for p in pts], acc, marker="o", ms=3, label=label)
         ax_k.plot([p["k"] for p in pts], acc, marker="o", ms=3, label=label)
-    ax_macs.set_xlabel("MACs per image (M)")
+    ax_macs.set_xlabel("MACs per sample (M)")
     ax_macs.invert_xaxis()
     ax_k.set_xlabel("blocks removed")
     for ax in (ax_macs, ax_k):
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {name}" + (f" ({unit})" if unit else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:

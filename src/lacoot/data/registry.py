@@ -25,7 +25,9 @@ DATASETS: tuple[str, ...] = (
     "cifar100",
     "tiny-imagenet",
     "imagefolder",
+    "text",
 )
+TEXT_ONLY = "text"  # tokenised by a language model's tokenizer: lacoot.data.text.load_text
 
 _ALIASES = {
     "fashionmnist": "fashion-mnist",
@@ -76,6 +78,8 @@ def load_dataset(
         One of :data:`DATASETS`: ``fashion-mnist``, ``mnist`` (``(1, 28, 28)``, 10 classes),
         ``cifar10``, ``cifar100`` (``(3, 32, 32)``, 10/100 classes), ``tiny-imagenet``
         (``(3, 64, 64)``, 200 classes), ``imagefolder`` (any class-per-folder tree, RGB).
+        ``text`` is listed too but read by :func:`lacoot.data.text.load_text` (it needs a
+        tokenizer); here it is a ``ValueError``.
     split : {"train", "test"}
         Split. For Tiny-ImageNet ``test`` is the labelled validation set. Hold out a
         validation set from ``train`` with :func:`lacoot.data.train_val_split`.
@@ -110,6 +114,11 @@ def load_dataset(
     """
     key = canonical_name(name)
     _check_split(split)
+    if key == TEXT_ONLY:
+        raise ValueError(
+            "dataset 'text' is tokenised by a language model's tokenizer; expected a model "
+            "hf:FOLDER or hf:FILE.gguf (lacoot.data.text.load_text), not an image model"
+        )
     if key in ("fashion-mnist", "mnist"):
         return load_idx_dataset(key, split, data_dir, download=download)
     if key in ("cifar10", "cifar100"):

@@ -1,0 +1,95 @@
+"""The weights a training starts from (``--init``): read, checked key by key, fingerprinted.
+
+A lacoot checkpoint (``checkpoint.pt``: its ``model``), a plain ``state_dict`` saved with
+``torch.save`` (read with ``weights_only``: no code runs) or a ``.safetensors`` file. The keys
+must match the model's exactly: a weight missing, unexpected or of another shape is an error
+naming them, never a partly initialised model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["load_init", "weights_mismatch", "file_sha256"]
+
+WRITERS = "a lacoot checkpoint, torch.save(model.state_dict()) or safetensors"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 digest of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
+    """How a state dict differs from a model's: counts and the first names of each kind."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in weights]
+    extra = [k for k in weights if k not in want]
+    shaped = [
+        f"{k} {tuple(weights[k].shape)} (model {tuple(want[k].shape)})"
+        for k in want
+        if k in weights and tuple(weights[k].shape) != tuple(want[k].shape)
+    ]
+    parts = []
+    for what, names in (("missing", missing), ("unexpected", extra), ("of another shape", shaped)):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{len(names)} weights {what}: {shown}")
+    return "; ".join(parts) or "the weights do not load"
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict a file holds and what kind of file it is."""
+    from .checkpoint import safe_torch_load
+
+    if path.suffix.lower() == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ValueError(f"--init {str(path)!r} needs safetensors: pip install "
+                             "safetensors") from None  # fmt: skip
+        try:
+            return load_file(str(path)), "safetensors"
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+            raise ValueError(f"--init {str(path)!r} is not a readable safetensors file "
+                             f"({exc})") from None  # fmt: skip
+    state: Any = safe_torch_load(path, "--init", WRITERS)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "model_spec" in state:
+        return state["model"], "lacoot checkpoint"
+    if (
+        isinstance(state, dict)
+        and state
+        and all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        return state, "state_dict"
+    raise ValueError(f"--init {str(path)!r} holds neither a lacoot checkpoint nor a state_dict "
+                     f"(a mapping of names to tensors); expected {WRITERS}")  # fmt: skip
+
+
+def load_init(path: str | os.PathLike, model: nn.Module, name: str) -> dict[str, str]:
+    """Load the weights of ``path`` into ``model`` (named ``name`` in messages), every key
+    matched; returns ``{"path", "format", "sha256"}`` to record with the run."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--init {str(path)!r} does not exist; expected {WRITERS}")
+    weights, kind = _read(path)
+    why = weights_mismatch(model, weights)
+    if why != "the weights do not load":
+        raise ValueError(f"--init {str(path)!r} does not fit model {name!r} ({why}); expected "
+                         "the weights of this very architecture and number of classes")  # fmt: skip
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"--init {str(path)!r} does not load into model {name!r} "
+                         f"({str(exc).splitlines()[0]})") from None  # fmt: skip
+    return {"path": str(path), "format": kind, "sha256": file_sha256(path)}

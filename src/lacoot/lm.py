@@ -1,0 +1,215 @@
+"""A Hugging Face language model brought by ``--model hf:...`` and the text corpus that judges it:
+the steps of the pipeline that differ from an image checkpoint's.
+
+The model is loaded in float32 (:func:`lacoot.model_source.load_hf`), the corpus tokenised by its
+tokenizer and split (:mod:`lacoot.data.text`); without training every chunk that is not test
+calibrates (scores, chooses, repairs). The sweep's metric is minus the perplexity, the
+next-token accuracy of the same passes kept beside it (:class:`PerplexityAndAccuracy`). A
+collapse is written as a ``save_pretrained`` folder with its tokenizer, or as ONNX with dynamic
+batch and sequence axes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._io import atomic_write_text
+from ._version import __version__
+from .blocks import find_blocks
+from .config import LM_DEFAULTS, RunConfig
+from .inputs import first_samples
+from .lm_metrics import PerplexityAndAccuracy
+from .subject import Subject
+
+__all__ = ["Brought", "lm_subject", "save_lm", "export_lm_onnx", "add_token_accuracy"]
+
+
+@dataclass(frozen=True)
+class Brought:
+    """A model named by ``--model`` (``hf:FOLDER`` or ``hf:FILE.gguf``) instead of a lacoot
+    checkpoint, and the text corpus that judges it (``dataset="text"``, ``data_dir``)."""
+
+    model: str
+    data_dir: str | None
+    dataset: str = "text"
+    seq_len: int = RunConfig.seq_len
+    test_fraction: float = RunConfig.test_fraction
+    batch_size: int = LM_DEFAULTS["batch_size"]
+
+    def check(self) -> None:
+        """``ValueError`` naming the flag unless this is a language model with a text corpus."""
+        from .model_source import split_source
+
+        if split_source(self.model)[0] != "hf":
+            raise ValueError(
+                f"--model {self.model!r} without a checkpoint; expected hf:FOLDER or "
+                "hf:FILE.gguf (a zoo, timm or torchvision model is trained first: lacoot train)"
+            )
+        if self.dataset != "text":
+            raise ValueError(f"--dataset {self.dataset!r} with --model {self.model!r}; expected "
+                             "--dataset text (a folder of plain-text files)")  # fmt: skip
+        if self.data_dir is None:
+            raise ValueError("--dataset text needs --data-dir: the folder of .txt, .gz or "
+                             "suffix-less text files")  # fmt: skip
+
+
+def _check_vocabulary(model: nn.Module, chunks: Tensor, value: str) -> None:
+    """Every token id of the corpus must be a row of the model's embedding."""
+    rows = model.get_input_embeddings().num_embeddings
+    top = int(chunks.max()) if chunks.numel() else -1
+    if top >= rows:
+        raise ValueError(
+            f"--model {value!r}: its tokenizer gives token id {top}, but its embedding has "
+            f"{rows} rows; expected the model's own tokenizer"
+        )
+
+
+def lm_subject(
+    brought: Brought, device: torch.device, seed: int, say: Callable[[str], None]
+) -> Subject:
+    """The model of ``brought`` on ``device`` with its decoder layers as blocks, its corpus
+    split into calibration (every chunk not held out for test) and test."""
+    from .data.text import TextLoader, load_text
+    from .model_source import load_hf
+
+    brought.check()
+    say(f"loading {brought.model} (float32)")
+    model, tokenizer = load_hf(brought.model)
+    model.to(device)
+    splits = load_text(brought.data_dir, tokenizer, brought.seq_len, 0.0, brought.test_fraction,
+                       seed, say)  # fmt: skip
+    _check_vocabulary(model, torch.cat([splits.train, splits.test]), brought.model)
+    say(f"calibration: the {len(splits.train)} train sequences (no lacoot training here)")
+    calib = TextLoader(splits.train, brought.batch_size, device=device)
+    test = TextLoader(splits.test, brought.batch_size, device=device)
+    example = first_samples(next(iter(calib))[0], 2)
+    blocks = find_blocks(model, example)
+    say(f"{len(blocks)} blocks: {', '.join(b.name for b in blocks)}")
+    layers = getattr(model.config, "num_hidden_layers", None)
+    spec = {"name": brought.model, "library": "transformers",
+            "architecture": type(model).__name__, "layers": layers}  # fmt: skip
+    data_spec = {"dataset": "text", "data_dir": brought.data_dir, "seq_len": brought.seq_len,
+                 "test_fraction": brought.test_fraction, "split_seed": seed,
+                 "batch_size": brought.batch_size, "files": splits.files,
+                 "tokens": splits.tokens, "sequences": splits.counts()}  # fmt: skip
+    return Subject(
+        model=model, blocks=blocks, calib=calib, test=test, example=first_samples(example, 1),
+        metric=PerplexityAndAccuracy(), model_spec=spec, data_spec=data_spec,
+        preprocessing=_text_input(tokenizer, brought.seq_len),
+        fingerprint={"checkpoint": None, "now": {"text": splits.fingerprint}},
+        source=brought.model, tokenizer=tokenizer,
+    )  # fmt: skip
+
+
+def _text_input(tokenizer: Any, seq_len: int) -> dict[str, Any]:
+    """What the model takes and gives, for the report and the export's sidecar."""
+    return {
+        "kind": "text", "tokenizer": type(tokenizer).__name__, "seq_len": seq_len,
+        "inputs": "input_ids and attention_mask, int64 (batch, sequence)",
+        "output": "next-token logits, float32 (batch, sequence, vocabulary)",
+    }  # fmt: skip
+
+
+def add_token_accuracy(report: dict[str, Any], metric: Any, calib: Any, test: Any) -> None:
+    """Every sweep point of ``report`` (and the chosen one) gets the next-token accuracy of the
+    passes that measured its perplexity: ``token_accuracy`` ``{"val", "test"}``, and the same
+    in its ``unrepaired`` figures."""
+
+    def of(values: dict[str, Any]) -> dict[str, float | None]:
+        return {"val": metric.accuracy(calib, values.get("val_accuracy")),
+                "test": metric.accuracy(test, values.get("test_accuracy"))}  # fmt: skip
+
+    for sweep in report["sweeps"].values():
+        for point in sweep["points"]:
+            point["token_accuracy"] = of(point)
+            point["unrepaired"]["token_accuracy"] = of(point["unrepaired"])
+    chosen = report["chosen"]
+    chosen["token_accuracy"] = of(chosen)
+    chosen["unrepaired"]["token_accuracy"] = of(chosen["unrepaired"])
+
+
+def save_lm(path: Path, model: nn.Module, tokenizer: Any) -> None:
+    """``model`` and ``tokenizer`` as a ``save_pretrained`` folder at ``path`` (plain
+    ``transformers`` reloads it)."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+class _Logits(nn.Module):
+    """The model as ONNX sees it: ``(input_ids, attention_mask) -> logits``, no cache."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          use_cache=False).logits  # fmt: skip
+
+
+ONNX_AXES = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch",
+             1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}  # fmt: skip
+
+
+def export_lm_onnx(model: nn.Module, example: dict[str, Tensor], path: Path) -> float | None:
+    """Write ``model`` as ONNX (inputs ``input_ids``, ``attention_mask``; output ``logits``;
+    batch and sequence axes dynamic) and check it in onnxruntime, when installed, on a batch of
+    another size and length with a left-padded row; returns the largest difference on real
+    tokens (a ValueError beyond ``atol=1e-4, rtol=1e-3``)."""
+    from .export import _write_via_temp
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx package: pip install 'lacoot[onnx]'") from None
+    wrapped = _Logits(model.cpu().eval()).eval()
+    args = (example["input_ids"].cpu(), example["attention_mask"].cpu())
+
+    def write(tmp: str) -> None:
+        names = ["input_ids", "attention_mask"]
+        torch.onnx.export(wrapped, args, tmp, input_names=names, output_names=["logits"],
+                          dynamic_axes=ONNX_AXES, dynamo=False)  # fmt: skip
+
+    _write_via_temp(path, write)
+    vocab = model.get_input_embeddings().num_embeddings
+    return _check_lm_onnx(wrapped, path, vocab, args[0].shape[1])
+
+
+def _check_lm_onnx(wrapped: nn.Module, path: Path, vocab: int, length: int) -> float | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (3, max(2, length - 1)), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, :1] = 0  # a left-padded row
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"input_ids": ids.numpy(),
+                                              "attention_mask": mask.numpy()})[0])  # fmt: skip
+    with torch.no_grad():
+        want = wrapped(ids, mask)
+    real = mask.bool()
+    err = float((got[real] - want[real]).abs().max())
+    if not torch.allclose(got[real], want[real], rtol=1e-3, atol=1e-4):
+        raise ValueError(f"ONNX output differs from torch's by {err:.3g}; file {path}")
+    return err
+
+
+def write_lm_sidecar(path: Path, fmt: str, subject: Subject, removed: list[str]) -> Path:
+    """``<path>.json``: what the exported language model takes and gives."""
+    from .export import sidecar_path
+
+    record = {"file": path.name, "format": fmt, "lacoot_version": __version__,
+              "source": subject.source, "removed_blocks": list(removed),
+              "input": subject.preprocessing}  # fmt: skip
+    target = sidecar_path(path)
+    atomic_write_text(target, json.dumps(record, indent=2) + "\n")
+    return target

@@ -1,0 +1,186 @@
+"""``lacoot score|collapse|export --model hf:FOLDER --dataset text``: a Hugging Face causal LM and
+a folder of text files, through the command in a subprocess (tiny random Llama and GPT-2 with a
+word-level tokenizer built in the test; no download)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from _cli import lacoot_cmd  # noqa: E402
+from _lm import save_tiny_lm, write_corpus  # noqa: E402
+
+import lacoot  # noqa: E402
+from lacoot.data.text import load_text  # noqa: E402
+
+SMALL = ["--seq-len", "16", "--no-progress", "--latency-repeats", "2", "--calib-samples", "32"]
+
+
+@pytest.fixture(scope="module")
+def lm_work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lm")
+    save_tiny_lm(root / "llama", "llama")
+    save_tiny_lm(root / "gpt2", "gpt2")
+    write_corpus(root / "corpus")
+    return root
+
+
+def _load(folder: Path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def _perplexity_by_hand(model, chunks: torch.Tensor) -> tuple[float, float]:
+    """Perplexity and next-token accuracy (%) over chunks (N, T + 1), one sequence at a time."""
+    nll, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for row in chunks:
+            logits = model(input_ids=row[None, :-1]).logits[0]
+            nll += float(torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum"))
+            correct += int((logits.argmax(-1) == row[1:]).sum())
+            count += row.numel() - 1
+    return math.exp(nll / count), 100.0 * correct / count
+
+
+@pytest.fixture(scope="module")
+def collapsed(lm_work: Path) -> Path:
+    lacoot_cmd("collapse", "--model", "hf:llama", "--dataset", "text", "--data-dir",
+               "corpus", "--blocks", "2", "--repair", "none", "--out", "col", *SMALL,
+               cwd=lm_work)  # fmt: skip
+    return lm_work / "col"
+
+
+def test_collapse_reports_perplexity_and_token_accuracy(lm_work, collapsed):
+    report = json.loads((collapsed / "report.json").read_text())
+    assert report["sweeps"]["msw"]["metric"] == "negative_perplexity"
+    assert set(report["sweeps"]) == {"msw", "cosine"}  # a language model's default orders
+    full = report["sweeps"]["msw"]["points"][0]
+    model, tok = _load(lm_work / "llama")
+    splits = load_text(lm_work / "corpus", tok, 16, 0.0, 0.1, seed=0)
+    ppl, acc = _perplexity_by_hand(model, splits.test)
+    assert -full["test_accuracy"] == pytest.approx(ppl, rel=1e-4)
+    assert full["token_accuracy"]["test"] == pytest.approx(acc, abs=1e-9)
+    for p in report["sweeps"]["msw"]["points"]:
+        assert p["token_accuracy"]["val"] is not None and p["token_accuracy"]["test"] is not None
+    md = (collapsed / "report.md").read_text()
+    assert "| val perplexity | test perplexity |" in md and "next-token acc %" in md
+    assert "acc %  " not in md and "test accuracy" not in md
+    assert f"{ppl:.2f}" in md  # shown positive, as read
+    assert "model: `hf:llama` (as it is, no lacoot training)" in md
+
+
+def test_collapsed_folder_reloads_without_lacoot_and_equals_the_collapse(lm_work, collapsed):
+    report = json.loads((collapsed / "report.json").read_text())
+    removed = report["chosen"]["removed"]
+    assert len(removed) == 2
+    ids = torch.tensor([[4, 5, 6, 7, 8, 9, 10, 11]])
+    code = (
+        "import sys, json, torch, transformers\n"
+        f"m = transformers.AutoModelForCausalLM.from_pretrained({str(collapsed / 'shallow')!r})\n"
+        f"t = transformers.AutoTokenizer.from_pretrained({str(collapsed / 'shallow')!r})\n"
+        "assert not any(k.startswith('lacoot') for k in sys.modules)\n"
+        f"logits = m(input_ids=torch.tensor({ids.tolist()})).logits\n"
+        "print(json.dumps([m.config.num_hidden_layers, len(t), logits.flatten().tolist()]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    layers, vocab, logits = json.loads(out.stdout.strip().splitlines()[-1])
+    model, tok = _load(lm_work / "llama")
+    want = lacoot.collapse(model, removed)(input_ids=ids).logits.flatten()
+    assert layers == 2 and vocab == len(tok)
+    torch.testing.assert_close(torch.tensor(logits), want, rtol=1e-5, atol=1e-5)
+
+
+def test_score_prints_each_layer_by_each_criterion(lm_work):
+    proc = lacoot_cmd("score", "--model", "hf:gpt2", "--data-dir", "corpus", "--criterion",
+                      "cosine", "msw", *SMALL[:3], cwd=lm_work)  # fmt: skip
+    scores = json.loads(proc.stdout)
+    assert set(scores) == {"cosine", "msw"}
+    assert sorted(scores["cosine"]) == [f"transformer.h.{i}" for i in range(4)]
+    assert all(math.isfinite(v) and v >= 0 for v in scores["msw"].values())
+
+
+def test_export_hf_folder_and_onnx(lm_work):
+    proc = lacoot_cmd("export", "--model", "hf:llama", "--data-dir", "corpus", "--blocks", "1",
+                      "--format", "hf", "--output", "one", *SMALL[:2], cwd=lm_work)  # fmt: skip
+    assert "exported the model without" in proc.stdout and "pixel" not in proc.stdout
+    assert "lacoot [" in proc.stderr  # progress lines
+    config = json.loads((lm_work / "one" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3
+    assert (lm_work / "one" / "tokenizer.json").is_file()
+    assert json.loads((lm_work / "one.json").read_text())["input"]["kind"] == "text"
+    pytest.importorskip("onnx")
+    proc = lacoot_cmd("export", "--model", "hf:gpt2", "--data-dir", "corpus", "--blocks",
+                      "transformer.h.1", "--format", "onnx", "--repair", "none", "--output",
+                      "g.onnx", *SMALL[:2], cwd=lm_work)  # fmt: skip
+    if "onnxruntime is not installed" not in proc.stdout:
+        assert "onnxruntime check: max abs difference" in proc.stdout
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(lm_work / "g.onnx"), providers=["CPUExecutionProvider"])
+    for shape in ((1, 5), (3, 11)):  # batch and sequence axes are dynamic
+        ids = torch.randint(3, 20, shape)
+        got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": (ids * 0 + 1).numpy()})
+        model, _ = _load(lm_work / "gpt2")
+        want = lacoot.collapse(model, ["transformer.h.1"])(input_ids=ids).logits
+        torch.testing.assert_close(torch.from_numpy(got[0]), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [
+                "collapse",
+                "--model",
+                "hf:llama",
+                "--repair",
+                "linear",
+                "--blocks",
+                "1",
+                "--out",
+                "x",
+            ],
+            "repair 'linear' would put patch modules",
+        ),
+        (["collapse", "ckpt.pt", "--model", "hf:llama", "--blocks", "1"], "expected one of them"),
+        (["collapse", "--blocks", "1"], "needs a checkpoint (written by lacoot train) or --model"),
+        (["score", "--model", "hf:nowhere"], "'nowhere' is not a save_pretrained folder"),
+        (["score", "--model", "hf:nowhere.gguf"], "no such GGUF file"),
+        (["score", "--model", "hf:llama", "--dataset", "cifar10"], "expected --dataset text"),
+        (["score", "--model", "hf:llama", "--seq-len", "0"], "--seq-len 0; expected a token"),
+        (["score", "--model", "resnet20"], "without a checkpoint; expected hf:FOLDER"),
+        (
+            [
+                "export",
+                "--model",
+                "hf:llama",
+                "--blocks",
+                "1",
+                "--format",
+                "pt",
+                "--output",
+                "a.pt",
+            ],
+            "--format 'pt' for --model 'hf:llama'; expected hf",
+        ),
+        (
+            ["collapse", "--model", "hf:llama", "--blocks", "9", "--out", "x"],
+            "--blocks 9, but the model has only 4",
+        ),
+    ],
+)
+def test_errors_are_one_line_naming_the_flag(lm_work, args, message):
+    extra = ["--data-dir", "corpus"] + ([] if "--seq-len" in args else ["--seq-len", "16"])
+    proc = lacoot_cmd(*args, *extra, cwd=lm_work, check=2)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("lacoot: error: ") and message in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (lm_work / "x").exists()  # a refused command writes nothing
