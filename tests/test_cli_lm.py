@@ -169,7 +169,7 @@ def test_export_hf_folder_and_onnx(lm_work):
                 "--output",
                 "a.pt",
             ],
-            "--format 'pt' for --model 'hf:llama'; expected hf",
+            "--format 'pt' for --model 'hf:llama', a language model; expected hf",
         ),
         (
             ["collapse", "--model", "hf:llama", "--blocks", "9", "--out", "x"],
@@ -184,3 +184,37 @@ def test_errors_are_one_line_naming_the_flag(lm_work, args, message):
     assert lines[-1].startswith("lacoot: error: ") and message in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (lm_work / "x").exists()  # a refused command writes nothing
+
+
+def _text_splits(lm_work: Path, tok, val_fraction: float):
+    return load_text(lm_work / "corpus", tok, 16, val_fraction, 0.1, seed=0)
+
+
+def test_run_fine_tunes_with_the_penalty_then_collapses_the_checkpoint(lm_work):
+    lacoot_cmd("run", "--model", "hf:gpt2", "--data-dir", "corpus", "--epochs", "2",
+               "--target-macs", "1", "--fade", "0", "--lr", "1e-3", "--blocks", "1", "--out",
+               "ft", *SMALL, cwd=lm_work)  # fmt: skip
+    state = torch.load(lm_work / "ft" / "checkpoint.pt", weights_only=True)
+    assert state["model_spec"]["name"] == "hf:gpt2" and state["data_spec"]["dataset"] == "text"
+    log = json.loads((lm_work / "ft" / "log.json").read_text())
+    assert all(f"msw/transformer.h.{i}" in log[-1] for i in range(4))  # every layer penalised
+    original, tok = _load(lm_work / "gpt2")
+    model, _ = _load(lm_work / "gpt2")
+    model.load_state_dict(state["model"])
+    assert not torch.equal(model.lm_head.weight, original.lm_head.weight)  # it was trained
+    splits = _text_splits(lm_work, tok, 0.1)
+    ppl, acc = _perplexity_by_hand(model, splits.val)  # the loop's loss is per token
+    assert log[-1]["val_loss"] == pytest.approx(math.log(ppl), rel=1e-4)
+    assert log[-1]["val_accuracy"] == pytest.approx(acc, abs=1e-6)
+    report = json.loads((lm_work / "ft" / "report.json").read_text())
+    assert report["checkpoint"].endswith("checkpoint.pt")
+    full = report["sweeps"]["msw"]["points"][0]
+    assert -full["test_accuracy"] == pytest.approx(_perplexity_by_hand(model, splits.test)[0],
+                                                   rel=1e-4)  # fmt: skip
+    assert (lm_work / "ft" / "shallow" / "config.json").is_file()
+    lacoot_cmd("export", "ft/checkpoint.pt", "--blocks", "transformer.h.3", "--repair", "none",
+               "--format", "hf", "--output", "ft-3", cwd=lm_work)  # fmt: skip
+    small, _ = _load(lm_work / "ft-3")
+    ids = torch.tensor([[4, 5, 6, 7, 8]])
+    want = lacoot.collapse(model, ["transformer.h.3"])(input_ids=ids).logits
+    torch.testing.assert_close(small(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)

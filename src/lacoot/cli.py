@@ -104,6 +104,12 @@ def _run_config(args: argparse.Namespace) -> Any:
     if args.config is not None:
         values.update(_read_config(Path(args.config)))
     values |= _given(args, RunConfig)
+    from .model_source import split_source
+
+    if split_source(values.get("model", ""))[0] == "hf":  # a language model's own defaults
+        from .config import LM_DEFAULTS
+
+        values = {"dataset": "text", **LM_DEFAULTS} | values
     if args.resume:
         from .pipeline import recorded_options
 
@@ -159,9 +165,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if env_rank() != 0:
         return 0
     last = history[-1] if history else {}
+    what = "next-token accuracy" if cfg.dataset == "text" else "accuracy"
     print(
         f"trained {cfg.model} on {cfg.dataset} for {cfg.epochs} epochs (lambda = {cfg.lam}); "
-        f"val accuracy {last.get('val_accuracy', float('nan')):.2f}%; checkpoint {ckpt}"
+        f"val {what} {last.get('val_accuracy', float('nan')):.2f}%; checkpoint {ckpt}"
     )
     return 0
 
@@ -198,6 +205,16 @@ def _brought(args: argparse.Namespace) -> bool:
     return getattr(args, "model", None) is not None and args.checkpoint is None
 
 
+def _language_model(args: argparse.Namespace) -> bool:
+    """Whether score, collapse or export work on a language model: ``--model hf:...`` or a
+    checkpoint of one."""
+    from .pipeline import is_language_model
+
+    if _brought(args):
+        return True
+    return args.checkpoint is not None and is_language_model(args.checkpoint)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from .pipeline import run_scoring
 
@@ -218,7 +235,7 @@ def _collapse_config(args: argparse.Namespace, keys: Sequence[str] | None = None
     from .config import LM_DEFAULTS, CollapseConfig
 
     given = _given(args, CollapseConfig)
-    if _brought(args):
+    if _language_model(args):
         lm = {k: v for k, v in LM_DEFAULTS.items() if k in CollapseConfig.__dataclass_fields__}
         given = lm | given
     return CollapseConfig.from_dict({k: v for k, v in given.items() if keys is None or k in keys})
@@ -298,7 +315,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cond["under_load"]:
         print(f"lacoot: warning: the latency was taken under load ({'; '.join(cond['reasons'])}); "
               "measure again on an idle machine", file=sys.stderr)  # fmt: skip
-    if done["sidecar"] is not None and not _brought(args):
+    if done["sidecar"] is not None and not _language_model(args):
         takes = (
             "pixel / 255: the normalisation is its first layer"
             if done["normalization_embedded"]

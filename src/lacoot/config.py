@@ -37,10 +37,10 @@ DEFAULT_FADE = 0.6  # fade the blocks meant to go out over the last 60% of the t
 # a language model (--model hf:...) takes these where the flag is not given: a patch module
 # cannot stand among a decoder's layers (fused folds the maps in), greedy costs n(n+1)/2
 # evaluations of the whole validation text, a batch of 128 sequences holds 128 * seq_len * vocab
-# logits
+# logits; a pretrained model is fine-tuned (AdamW at 1e-4), not trained from scratch (SGD at 0.1)
 LM_DEFAULTS: dict[str, Any] = {
     "criterion": "msw", "compare": ("cosine",), "repair": "fused", "batch_size": 8,
-    "latency_batch_sizes": (1,),
+    "latency_batch_sizes": (1,), "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0,
 }  # fmt: skip
 
 

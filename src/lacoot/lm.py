@@ -213,3 +213,108 @@ def write_lm_sidecar(path: Path, fmt: str, subject: Subject, removed: list[str])
     target = sidecar_path(path)
     atomic_write_text(target, json.dumps(record, indent=2) + "\n")
     return target
+
+
+# ------------------------------------------------------------------------------- training
+@dataclass
+class LMTraining:
+    """What ``lacoot train --model hf:...`` trains: the model (its logits flattened to
+    ``(B * T, V)`` while the hook ``flat`` is attached, so that the training loop's
+    classification loss and accuracy are per token), its blocks, its loaders (targets
+    ``(B * T,)``) and what the checkpoint records."""
+
+    model: nn.Module
+    blocks: list[Any]
+    train: Any
+    val: Any
+    test: Any
+    fingerprint: str
+    model_spec: dict[str, Any]
+    preprocessing: dict[str, Any]
+    init: dict[str, str] | None
+    flat: Any
+
+
+def _flatten_logits(module: nn.Module, args: Any, output: Any) -> Tensor:
+    from .metrics import logits_of
+
+    return logits_of(output).flatten(0, 1)  # (B, T, V) -> (B * T, V)
+
+
+def lm_training(cfg: RunConfig, device: torch.device, world_size: int,
+                say: Callable[[str], None]) -> LMTraining:  # fmt: skip
+    """The language model of ``cfg.model`` (started from ``cfg.init`` when given) and its text
+    corpus split into train, validation and test, ready for :func:`lacoot.train.train`."""
+    from .data.text import TextLoader, load_text
+    from .init_weights import load_init
+    from .model_source import load_hf
+
+    if world_size > 1:
+        raise ValueError(f"--model {cfg.model!r} trains in one process; start it without torchrun")
+    Brought(cfg.model, cfg.data_dir, cfg.dataset).check()
+    say(f"loading {cfg.model} (float32)")
+    model, tokenizer = load_hf(cfg.model)
+    init = None if cfg.init is None else load_init(cfg.init, model, cfg.model)
+    model.to(device)
+    splits = load_text(cfg.data_dir, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.test_fraction,
+                       cfg.seed, say)  # fmt: skip
+    _check_vocabulary(model, torch.cat([splits.train, splits.val, splits.test]), cfg.model)
+    if cfg.batch_size > len(splits.train):
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the training split "
+                         f"({len(splits.train)} sequences); expected at most that")  # fmt: skip
+    loaders = [TextLoader(chunks, cfg.batch_size, device=device, flat_targets=True)
+               for chunks in (splits.val, splits.test)]  # fmt: skip
+    train = TextLoader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                       device=device, flat_targets=True)  # fmt: skip
+    blocks = find_blocks(model, first_samples(next(iter(loaders[1]))[0], 2))
+    spec = {"name": cfg.model, "library": "transformers", "architecture": type(model).__name__,
+            "layers": getattr(model.config, "num_hidden_layers", None)}  # fmt: skip
+    return LMTraining(
+        model=model, blocks=blocks, train=train, val=loaders[0] if len(splits.val) else None,
+        test=loaders[1], fingerprint=splits.fingerprint, model_spec=spec,
+        preprocessing=_text_input(tokenizer, cfg.seq_len), init=init,
+        flat=model.register_forward_hook(_flatten_logits),
+    )  # fmt: skip
+
+
+def lm_checkpoint_subject(
+    state: dict[str, Any], checkpoint: str, device: torch.device, data_dir: str | None,
+    val_from: str, say: Callable[[str], None],
+) -> Subject:  # fmt: skip
+    """A language model trained by ``lacoot train``: rebuilt from its folder (``hf:...``) with
+    the checkpoint's weights, and its corpus split as in the training (the validation split
+    calibrates, or the training split with ``val_from="train"`` when none was held out)."""
+    from .checkpoint import CheckpointError
+    from .data.text import TextLoader, load_text
+    from .init_weights import weights_mismatch
+    from .model_source import load_hf
+
+    spec, ds = state["model_spec"], dict(state["data_spec"])
+    ds["data_dir"] = data_dir if data_dir is not None else ds["data_dir"]
+    model, tokenizer = load_hf(spec["name"])
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError:
+        why = weights_mismatch(model, state["model"])
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r} does not fit {spec['name']} ({why}); expected the model "
+            "folder it was trained from"
+        ) from None
+    model.to(device).eval()
+    splits = load_text(ds["data_dir"], tokenizer, ds["seq_len"], ds["val_fraction"],
+                       ds["test_fraction"], ds["split_seed"], say)  # fmt: skip
+    if (len(splits.val) > 0) == (val_from == "train"):
+        raise ValueError(f"val_from={val_from!r} with val_fraction={ds['val_fraction']}; expected "
+                         "val_from='val' with a validation split, 'train' without one")  # fmt: skip
+    calib = TextLoader(splits.val if len(splits.val) else splits.train, ds["batch_size"],
+                       device=device)  # fmt: skip
+    example = first_samples(next(iter(calib))[0], 2)
+    now = {"train": splits.fingerprint, "test": splits.fingerprint}
+    return Subject(
+        model=model, blocks=find_blocks(model, example), calib=calib,
+        test=TextLoader(splits.test, ds["batch_size"], device=device),
+        example=first_samples(example, 1), metric=PerplexityAndAccuracy(), model_spec=spec,
+        data_spec=ds, preprocessing=_text_input(tokenizer, ds["seq_len"]),
+        fingerprint={"checkpoint": state.get("data_fingerprint"), "now": now},
+        source=str(checkpoint), state=state, tokenizer=tokenizer,
+    )  # fmt: skip

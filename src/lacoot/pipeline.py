@@ -241,10 +241,18 @@ def calibration_data(
 def checkpoint_subject(
     checkpoint: str | os.PathLike, device: torch.device, data_dir: str | None = None,
     seed: int = 0, val_from: str = "val", what: str = "scoring",
+    say: Callable[[str], None] = lambda message: None,
 ) -> Subject:  # fmt: skip
     """The trained model of a checkpoint, its blocks and its data (:func:`calibration_data`),
-    judged by top-1 accuracy."""
+    judged by top-1 accuracy; a language model's by perplexity on its text
+    (:func:`lacoot.lm.lm_checkpoint_subject`)."""
+    from .model_source import split_source
+
     state = load_checkpoint(checkpoint, map_location=device)
+    if split_source((state.get("model_spec") or {}).get("name", ""))[0] == "hf":
+        from .lm import lm_checkpoint_subject
+
+        return lm_checkpoint_subject(state, str(checkpoint), device, data_dir, val_from, say)
     model, found, spec = model_from_checkpoint(state, checkpoint, device)
     data, calib, spec = calibration_data(spec, device, data_dir, seed, val_from, what)
     return Subject(
@@ -273,7 +281,7 @@ def load_subject(
             )
         return lm_subject(source, device, seed, say)
     say(f"loading {source}")
-    return checkpoint_subject(source, device, data_dir, seed, val_from, what)
+    return checkpoint_subject(source, device, data_dir, seed, val_from, what, say)
 
 
 def _calib_count(loader: Any, asked: int) -> int:
@@ -376,6 +384,39 @@ def _model_spec(cfg: RunConfig, data: Data) -> dict[str, Any]:
             "in_channels": data.image_shape[0], "kwargs": dict(cfg.model_args)}  # fmt: skip
 
 
+Trainee = tuple[nn.Module, list[Block], Data, dict[str, Any], dict[str, str] | None]
+
+
+def _image_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
+    """The model to train (built, started from ``cfg.init`` when given), its blocks, its data
+    (this process's shard), its spec and the record of its initial weights."""
+    data = prepare_data(
+        cfg.data_spec(), device, seed=cfg.seed, rank=where.rank, world_size=where.world_size
+    )
+    torch.manual_seed(cfg.seed)
+    model_spec = _model_spec(cfg, data)
+    model = build_model(model_spec)
+    init = None if cfg.init is None else load_init(cfg.init, model, cfg.model)
+    model = model.to(device)
+    blocks = find_blocks(model, _example(data.image_shape, device))
+    return model, blocks, data, model_spec, init
+
+
+def _lm_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
+    """:func:`_image_trainee` for a language model (``hf:...``) and its text corpus: its
+    logits flattened to ``(B * T, V)`` and its targets to ``(B * T,)``, so that the loop's
+    loss and accuracy are per token (:func:`lacoot.lm.lm_training`)."""
+    from .lm import lm_training
+
+    job = lm_training(cfg, device, where.world_size, _announcer(cfg.progress))
+    vocab = job.model.get_input_embeddings().num_embeddings
+    fingerprint = {"train": job.fingerprint, "test": job.fingerprint}  # one corpus, split
+    data = Data(train=job.train, val=job.val, test=job.test, num_classes=vocab,
+                image_shape=(cfg.seq_len,), preprocessing=job.preprocessing,
+                fingerprint=fingerprint)  # type: ignore[arg-type]  # fmt: skip
+    return job.model, job.blocks, data, job.model_spec, job.init
+
+
 def _check_targets(cfg: RunConfig, blocks: list[Block]) -> None:
     """Budget and split checks that need the model: caught before anything is written."""
     if cfg.target_blocks is not None and cfg.target_blocks > len(blocks):
@@ -428,15 +469,10 @@ def _train_in(
         _on_rank0(lambda: folder and folder.refuse_existing(
             RUN_OUTPUTS, overwrite, whole=True, hint=" or --resume to continue"
         ))  # fmt: skip
-    data = prepare_data(
-        cfg.data_spec(), device, seed=cfg.seed, rank=where.rank, world_size=where.world_size
-    )
-    torch.manual_seed(cfg.seed)
-    model_spec = _model_spec(cfg, data)
-    model = build_model(model_spec)
-    init = None if cfg.init is None else load_init(cfg.init, model, cfg.model)
-    model = model.to(device)
-    blocks = find_blocks(model, _example(data.image_shape, device))
+    from .model_source import split_source
+
+    trainee = _lm_trainee if split_source(cfg.model)[0] == "hf" else _image_trainee
+    model, blocks, data, model_spec, init = trainee(cfg, device, where)
     _check_targets(cfg, blocks)
     if resume:
         _on_rank0(lambda: _guard_resume(out, cfg, data, model_spec))
@@ -503,7 +539,7 @@ def run_scoring(
                                      progress=lambda msg: say(f"  {msg}"), **extra)  # fmt: skip
         if folder is not None:
             atomic_write_text(folder.path / "scores.json", json.dumps(scores, indent=2))
-            folder.commit(source=None if sub.language_model else checkpoint)
+            folder.commit(source=checkpoint if sub.state else None)
     return scores
 
 
@@ -625,7 +661,7 @@ def _collapse_in(
     from .report import write_report
 
     write_report(folder.path, report)
-    folder.commit(source=None if sub.language_model else sub.source)
+    folder.commit(source=sub.source if sub.state else None)
     return report
 
 
@@ -637,7 +673,7 @@ def _collapse_report(
     """``report.json``'s contents."""
     state = sub.state
     report = {
-        "environment": environment(dev), "checkpoint": None if sub.language_model else sub.source,
+        "environment": environment(dev), "checkpoint": sub.source if sub.state else None,
         "seed": seed, "model_spec": sub.model_spec, "data_spec": sub.data_spec,
         "val_from": val_from,
         "train_config": state.get("train_config"), "train_history": state.get("history"),
@@ -762,8 +798,9 @@ def run_export(
 
     opts = options or CollapseConfig()
     output = Path(output)
-    if isinstance(checkpoint, Brought):
-        return _export_lm(checkpoint, output, blocks, fmt, opts, device, seed, overwrite)
+    if isinstance(checkpoint, Brought) or is_language_model(checkpoint):
+        return _export_lm(checkpoint, output, blocks, fmt, opts, device, data_dir, seed,
+                          overwrite, val_from)  # fmt: skip
     if fmt == "hf":
         raise ValueError(
             f"--format hf writes a Hugging Face model; {str(checkpoint)!r} is a lacoot "
@@ -826,25 +863,41 @@ def _removed_blocks(sub: Subject, blocks: int | Sequence[str], criterion: str, s
 LM_FORMATS = ("hf", "onnx")
 
 
+def is_language_model(source: Any) -> bool:
+    """Whether ``source`` (a :class:`lacoot.lm.Brought` or a checkpoint's path) is a language
+    model (``hf:...``); a checkpoint that cannot be read is not (its reader says why later)."""
+    from .lm import Brought
+    from .model_source import split_source
+
+    if isinstance(source, Brought):
+        return True
+    try:
+        name = (load_checkpoint(source).get("model_spec") or {}).get("name", "")
+    except (ValueError, OSError):
+        return False
+    return split_source(str(name))[0] == "hf"
+
+
 def _export_lm(
-    brought: Any, output: Path, blocks: int | Sequence[str], fmt: str, opts: CollapseConfig,
-    device: str, seed: int, overwrite: bool,
+    source: Any, output: Path, blocks: int | Sequence[str], fmt: str, opts: CollapseConfig,
+    device: str, data_dir: str | None, seed: int, overwrite: bool, val_from: str,
 ) -> dict[str, Any]:  # fmt: skip
-    """:func:`run_export` of a language model brought as it is: a ``save_pretrained`` folder
-    with its tokenizer (``hf``) or ONNX, and ``OUTPUT.json`` beside it."""
+    """:func:`run_export` of a language model (brought as it is, or a checkpoint of one): a
+    ``save_pretrained`` folder with its tokenizer (``hf``) or ONNX, and ``OUTPUT.json``."""
     from .export import sidecar_path
     from .lm import export_lm_onnx, save_lm, write_lm_sidecar
     from .profile import count_params, measure_latency
     from .repair import repair
 
     if fmt not in LM_FORMATS:
-        raise ValueError(f"--format {fmt!r} for --model {brought.model!r}; expected hf (a "
+        what = f"--model {source.model!r}" if hasattr(source, "model") else repr(str(source))
+        raise ValueError(f"--format {fmt!r} for {what}, a language model; expected hf (a "
                          "save_pretrained folder) or onnx")  # fmt: skip
     for path in (output, sidecar_path(output)):
         if path.exists() and not overwrite:
             raise FileExistsError(f"{str(path)!r} already exists; pass --overwrite to replace it")
     say = _announcer(True)
-    sub = load_subject(brought, resolve_device(device), None, seed, "val", "the export", say)
+    sub = load_subject(source, resolve_device(device), data_dir, seed, val_from, "the export", say)
     removed = _removed_blocks(sub, blocks, opts.criterion, seed, say)
     say(f"removing {removed} (repair {opts.repair!r})")
     shallow = repair(sub.model, removed, sub.calib, opts.repair, opts.calib_samples).eval()

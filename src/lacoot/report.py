@@ -221,12 +221,13 @@ def _md_faded(report: dict[str, Any]) -> list[str]:
     ref = report.get("reference") or {}
     if not ref.get("faded"):
         return []
+    name, show = metric_text(_metric(report))
     return [
         f"- faded out during training (the model trained last computes without them): "
-        f"{', '.join(ref['faded'])}; {_split_name(report)} accuracy without them "
-        f"{_fmt(ref.get('faded_val_accuracy'))}%, with them switched back on "
-        f"{_fmt(report['sweeps'][report['criterion']]['points'][0]['val_accuracy'])}%; "
-        f"max_drop is measured from the {ref['model']} ({_fmt(ref['val_accuracy'])}%)"
+        f"{', '.join(ref['faded'])}; {_split_name(report)} {name} without them "
+        f"{show(ref.get('faded_val_accuracy'))}, with them switched back on "
+        f"{show(report['sweeps'][report['criterion']]['points'][0]['val_accuracy'])}; "
+        f"max_drop is measured from the {ref['model']} ({show(ref['val_accuracy'])})"
     ]
 
 

@@ -123,18 +123,20 @@ class TextLoader:
     """Batches ``({"input_ids", "attention_mask"}, targets)`` of token chunks ``(N, T + 1)`` on
     ``device``; every token is real (the mask is all ones). Shuffled with ``shuffle`` (a seeded
     permutation per epoch: call :meth:`set_epoch`), the last short batch dropped with
-    ``drop_last``. ``n`` is the number of sequences."""
+    ``drop_last``. ``flat_targets`` yields the targets as ``(B * T,)``, for a model whose
+    logits are flattened to ``(B * T, V)`` (a classification loss per token). ``n`` is the
+    number of sequences."""
 
     def __init__(
         self, chunks: Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-        drop_last: bool = False, device: str | torch.device = "cpu",
+        drop_last: bool = False, device: str | torch.device = "cpu", flat_targets: bool = False,
     ) -> None:  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}; expected an integer >= 1")
         self.chunks = chunks.to(device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.epoch, self.start_batch = drop_last, 0, 0
-        self.n = int(chunks.shape[0])
+        self.n, self.flat_targets = int(chunks.shape[0]), flat_targets
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Use epoch ``epoch``'s order, starting at its batch ``start_batch``."""
@@ -152,7 +154,8 @@ class TextLoader:
             rows = self.chunks[order[b * self.batch_size : (b + 1) * self.batch_size].to(
                 self.chunks.device)]  # fmt: skip
             ids = rows[:, :-1]  # (B, T)
-            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, rows[:, 1:]
+            targets = rows[:, 1:].reshape(-1) if self.flat_targets else rows[:, 1:]
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, targets
 
 
 @dataclass
