@@ -292,7 +292,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         _source(args), args.output, blocks, args.format, _collapse_config(args, EXPORT_OPTIONS),
         device=args.device, data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
         fold_bn=args.fold_bn, optimize=args.optimize, val_from=args.val_from,
-        embed_normalization=args.embed_normalization,
+        embed_normalization=args.embed_normalization, progress=not args.no_progress,
     )  # fmt: skip
     if args.format == "onnx":
         diff = done["onnx_max_abs_diff"]
@@ -431,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pixel / 255 (default: on; off: the caller normalises, as OUTPUT.json says)",
     )
     p.add_argument("--output", required=True, help="file to write (and OUTPUT.json beside it)")
+    p.add_argument("--no-progress", action="store_true", help="print no progress lines")
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing OUTPUT and OUTPUT.json"
     )

@@ -781,6 +781,7 @@ def run_export(
     optimize: bool = False,
     val_from: str = "val",
     embed_normalization: bool | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Write a checkpoint's model without ``blocks`` (a count, removed in ``options.criterion``
     order, or block names), repaired by ``options.repair`` on ``options.calib_samples``
@@ -790,7 +791,11 @@ def run_export(
     input normalisation travels with it: a first normalising layer in TorchScript and ONNX
     files (unless ``embed_normalization`` is False) and always ``OUTPUT.json``. Returns
     :func:`lacoot.export.export_model`'s summary (MACs, parameters and latency of the exported
-    model included)."""
+    model included).
+
+    A language model (``checkpoint`` a :class:`lacoot.lm.Brought`, or a checkpoint of one) is
+    written as ``fmt`` ``hf`` (a ``save_pretrained`` folder with its tokenizer) or ``onnx``
+    (dynamic batch and sequence); ``progress`` then prints each phase."""
     from .collapse import removal_order
     from .export import export_model
     from .lm import Brought
@@ -800,7 +805,7 @@ def run_export(
     output = Path(output)
     if isinstance(checkpoint, Brought) or is_language_model(checkpoint):
         return _export_lm(checkpoint, output, blocks, fmt, opts, device, data_dir, seed,
-                          overwrite, val_from)  # fmt: skip
+                          overwrite, val_from, progress)  # fmt: skip
     if fmt == "hf":
         raise ValueError(
             f"--format hf writes a Hugging Face model; {str(checkpoint)!r} is a lacoot "
@@ -880,7 +885,7 @@ def is_language_model(source: Any) -> bool:
 
 def _export_lm(
     source: Any, output: Path, blocks: int | Sequence[str], fmt: str, opts: CollapseConfig,
-    device: str, data_dir: str | None, seed: int, overwrite: bool, val_from: str,
+    device: str, data_dir: str | None, seed: int, overwrite: bool, val_from: str, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """:func:`run_export` of a language model (brought as it is, or a checkpoint of one): a
     ``save_pretrained`` folder with its tokenizer (``hf``) or ONNX, and ``OUTPUT.json``."""
@@ -896,7 +901,7 @@ def _export_lm(
     for path in (output, sidecar_path(output)):
         if path.exists() and not overwrite:
             raise FileExistsError(f"{str(path)!r} already exists; pass --overwrite to replace it")
-    say = _announcer(True)
+    say = _announcer(progress)
     sub = load_subject(source, resolve_device(device), data_dir, seed, val_from, "the export", say)
     removed = _removed_blocks(sub, blocks, opts.criterion, seed, say)
     say(f"removing {removed} (repair {opts.repair!r})")
