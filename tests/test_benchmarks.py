@@ -1,7 +1,8 @@
 """Every benchmark script runs at tiny sizes (so none rots unnoticed), and the headline's
 aggregation chooses on validation, averages over seeds and refuses mixed environments.
 
-``collapse_quality_report.py`` and ``gpu_check.py`` have their own tests."""
+``collapse_quality_report.py``, ``gpu_check.py`` and a script ``NAME.py`` with a
+``tests/test_benchmarks_NAME.py`` have their own tests."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ SMOKE = {  # script -> arguments at tiny sizes (the output stem is appended)
 
 def test_every_script_has_a_smoke_test() -> None:
     covered = set(SMOKE) | {"collapse_quality.py", "headline.py"} | TESTED_ELSEWHERE
+    covered |= {s for s in SCRIPTS if (ROOT / "tests" / f"test_benchmarks_{s[:-3]}.py").is_file()}
     assert set(SCRIPTS) <= covered, f"no smoke test for {sorted(set(SCRIPTS) - covered)}"
 
 
