@@ -493,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         | {f"test/{n}": int(len(c)) for n, c in data["test"].items()},
         "tokens_per_sequence": args.seq_len, "prompts": int(len(prompts)),
         "target_depth": args.target_depth, "rows": old.get("rows", {}),
+        "commands": [*old.get("commands", [old["command"]] if "command" in old else []),
+                     shlex.join([sys.executable, *sys.argv])],  # every run that wrote rows
     }  # fmt: skip
 
     def save() -> None:
