@@ -19,12 +19,13 @@ TRAIN = ["--batch-size", "32", "--no-progress", "--val-fraction", "0.25", "--tar
 
 
 @pytest.fixture
-def in_work(work, monkeypatch):
-    """Run the command in ``work`` (tiny Fashion-MNIST) with the stand-in timm importable."""
-    monkeypatch.chdir(work)
+def in_work(work, monkeypatch, tmp_path):
+    """Run the command in a folder of its own on ``work``'s tiny Fashion-MNIST, with the
+    stand-in timm importable."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LACOOT_DATA", str(work / "data"))
     monkeypatch.setitem(sys.modules, "timm", fake_timm())
-    return work
+    return tmp_path
 
 
 def _sha256(path) -> str:
@@ -105,8 +106,8 @@ def test_init_that_does_not_fit_names_the_keys(in_work, capsys):
 def test_torchvision_that_cannot_be_imported_is_one_line(work):
     """The real torchvision here: missing, or a build that does not fit torch (RuntimeError);
     where it imports, Fashion-MNIST's one channel is refused. Exit 2, one line, either way."""
-    proc = lacoot_cmd("train", "--model", "torchvision:resnet18", "--out", "tv", *TRAIN, cwd=work,
-                      check=2)  # fmt: skip
+    proc = lacoot_cmd("train", "--model", "torchvision:resnet18", "--out", "tv_refused", *TRAIN,
+                      cwd=work, check=2)  # fmt: skip
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lacoot: error: --model 'torchvision:resnet18'")
     assert "pip install torchvision" in lines[0] or "3-channel images" in lines[0]
