@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .blocks import Block, CollapseError, remove_blocks
 from .config import CollapseConfig
 from .inputs import first_samples, repeat_sample, to_device
-from .metrics import Metric, metric_name, top1_accuracy
+from .metrics import Metric, metric_name, metric_text, top1_accuracy
 from .profile import compare_latency, count_macs, count_params, model_device
 
 __all__ = [
@@ -353,7 +353,7 @@ def sweep(
             )  # fmt: skip
             for k in range(1, len(plain))
         ]
-        say(f"repaired {len(plain) - 1} collapses ({repair}, {calib_samples} calibration images)")
+        say(f"repaired {len(plain) - 1} collapses ({repair}, {calib_samples} calibration samples)")
     latencies = _latencies(models, example, latency_batch_sizes, warmup, repeats, say)
     points = []
     for k, current in enumerate(models):
@@ -369,8 +369,9 @@ def sweep(
                        params=count_params(current), latency_ms=latencies[k],
                        unrepaired=unrepaired)
         )  # fmt: skip
-        shown = {n: "-" if v is None else f"{v:.4g}" for n, v in scores.items()}
-        say(f"k={k}: val {shown['val_accuracy']}, test {shown['test_accuracy']}")
+        name, show = metric_text(metric_name(evaluate))
+        val, test = show(scores["val_accuracy"]), show(scores["test_accuracy"])
+        say(f"k={k}: val {name} {val}, test {test}")
     if stopped:
         say(stopped)
     del models, plain

@@ -22,10 +22,26 @@ from .inputs import call_model, model_device, to_device
 
 __all__ = [
     "Metric", "top1_accuracy", "token_accuracy", "negative_perplexity", "metric_name", "logits_of",
-    "Memoized", "model_fingerprint",
+    "Memoized", "model_fingerprint", "METRICS", "metric_text",
 ]  # fmt: skip
 
 Metric = Callable[[nn.Module, Iterable[Any]], float]
+
+
+# a sweep's metric (higher is better) -> its name, its unit and the sign that shows it as read
+# (minus the perplexity is shown as the perplexity)
+METRICS = {
+    "top1_accuracy": ("accuracy", "%", 1.0),
+    "token_accuracy": ("next-token accuracy", "%", 1.0),
+    "negative_perplexity": ("perplexity", "", -1.0),
+}
+
+
+def metric_text(metric: str) -> tuple[str, Any]:
+    """The name of a sweep's ``metric`` and ``show(value) -> str`` that prints a value as it is
+    read (a perplexity positive, an accuracy with ``%``)."""
+    name, unit, sign = METRICS.get(metric, (metric, "", 1.0))
+    return name, lambda v: "-" if v is None else f"{sign * v:.2f}{unit}"
 
 
 def metric_name(fn: Metric) -> str:

@@ -11,19 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_bytes, atomic_write_text
+from .metrics import METRICS, metric_text  # noqa: F401 (metric_text: the CLI's)
 
 __all__ = [
     "markdown_table", "write_report", "plot_sweeps", "render_markdown", "save_figure",
     "metric_text",
 ]  # fmt: skip
 
-# a sweep's metric (higher is better) -> its name, its unit and the sign that shows it as read
-# (minus the perplexity is shown as the perplexity)
-METRICS = {
-    "top1_accuracy": ("accuracy", "%", 1.0),
-    "token_accuracy": ("next-token accuracy", "%", 1.0),
-    "negative_perplexity": ("perplexity", "", -1.0),
-}
 COLUMN = {"top1_accuracy": "acc %", "token_accuracy": "next-token acc %",
           "negative_perplexity": "perplexity"}  # fmt: skip
 
@@ -38,13 +32,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
-
-
-def metric_text(metric: str) -> tuple[str, Any]:
-    """The name of a sweep's ``metric`` and ``show(value) -> str`` that prints a value as it is
-    read (a perplexity positive, an accuracy with ``%``)."""
-    name, unit, sign = METRICS.get(metric, (metric, "", 1.0))
-    return name, lambda v: "-" if v is None else f"{sign * v:.2f}{unit}"
 
 
 def _metric(report: dict[str, Any]) -> str:
