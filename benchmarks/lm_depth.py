@@ -409,7 +409,8 @@ def markdown(results: dict) -> str:
         "acc %", "agree", "params M", "MMACs/tok", "latency x dense", "s"]  # fmt: skip
     lines = [
         f"# Layer removal on {results['model']} ({results['layers']} layers)", "",
-        f"Command: `{results['command']}`  ",
+        "Commands: " + "; then ".join(f"`{c}`" for c in results.get("commands",
+                                                                   [results["command"]])) + "  ",
         f"Date: {results['date']}, seed {results['seed']}, torch {results['torch']}, "
         f"{results['machine']}, {results['threads']} threads, load {results['load']}", "",
         "Test perplexity per held-out corpus (bible: no method saw it), next-token accuracy, "
