@@ -26,6 +26,7 @@ from .collapse import Sweep, SweepPoint, choose_blocks, collapse, removal_order,
 from .config import CollapseConfig, RunConfig
 from .criteria import list_criteria, register_criterion, score_blocks
 from .export import load, save_model
+from .fuse import fused_linear
 from .metrics import negative_perplexity, token_accuracy, top1_accuracy
 from .ot import max_sliced_wasserstein, sliced_wasserstein, wasserstein_1d
 from .pipeline import run_all
@@ -33,6 +34,7 @@ from .profile import count_macs, count_params, evaluate_accuracy, measure_latenc
 from .regularizer import MSWRegularizer
 from .repair import REPAIRS, LinearPatch, linear_patch, recalibrate_bn
 from .train import TrainConfig, train
+from .windows import best_window, window_distances
 
 __all__ = [
     "Block",
@@ -47,12 +49,14 @@ __all__ = [
     "SweepPoint",
     "TrainConfig",
     "__version__",
+    "best_window",
     "choose_blocks",
     "collapse",
     "count_macs",
     "count_params",
     "evaluate_accuracy",
     "find_blocks",
+    "fused_linear",
     "identity_blocks",
     "linear_patch",
     "list_criteria",
@@ -74,6 +78,7 @@ __all__ = [
     "top1_accuracy",
     "train",
     "wasserstein_1d",
+    "window_distances",
 ]
 
 
