@@ -285,11 +285,18 @@ def _pct(value: float | None) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .config import CollapseConfig
     from .pipeline import run_export
 
-    blocks = int(args.blocks) if args.blocks.isdigit() else [n for n in args.blocks.split(",") if n]
+    blocks: int | list[str] | None = None
+    if args.blocks is not None:
+        text = args.blocks.strip()
+        blocks = int(text) if text.isdigit() else [n for n in text.split(",") if n]
+    given = any(k in EXPORT_OPTIONS for k in _given(args, CollapseConfig))
+    report = False if args.report == "none" else args.report
     done = run_export(
-        _source(args), args.output, blocks, args.format, _collapse_config(args, EXPORT_OPTIONS),
+        _source(args), args.output, blocks, args.format,
+        _collapse_config(args, EXPORT_OPTIONS) if given else None, report=report,
         device=args.device, data_dir=args.data_dir, seed=args.seed, overwrite=args.overwrite,
         fold_bn=args.fold_bn, optimize=args.optimize, val_from=args.val_from,
         embed_normalization=args.embed_normalization, progress=not args.no_progress,
@@ -304,6 +311,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     timed = {"torchscript": "TorchScript"}.get(args.format, "eager PyTorch")
     if done["optimized"]:
         timed += ", after torch.jit.optimize_for_inference"
+    if done["report"] is not None:
+        print(f"following {done['report']}: its collapse with {done['k']} blocks removed")
     print(
         f"exported the model without {done['removed']} to {done['path']} ({done['format']}"
         + (", batch norm folded" if done["folded_bn"] else "")
@@ -405,8 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
     _checkpoint_options(p)
     p.add_argument(
         "--blocks",
-        required=True,
-        help="how many blocks to remove (in --criterion order), or their names, comma-separated",
+        help="default: the collapse the report chose (see --report); N: the report's point with "
+        "N blocks removed (no report: the first N in --criterion order); or block names, "
+        "comma-separated",
+    )
+    p.add_argument(
+        "--report",
+        help="the report.json (or its folder) whose choice to export, with its repair (default: "
+        "the run's report.json or collapse/report.json beside the checkpoint, when made from it; "
+        "'none': choose afresh)",
     )
     add_options(p, CollapseConfig, EXPORT_OPTIONS)
     p.add_argument("--format", choices=FORMATS, default="pt", help="file format (hf: a "

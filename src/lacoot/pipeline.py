@@ -40,6 +40,7 @@ from .metrics import Memoized, top1_accuracy
 from .outdir import OutputFolder, command_line
 from .profile import count_macs, recording_latencies
 from .provenance import environment, latency_conditions, load_average
+from .report_choice import REPORT_PLACES, choice, find_report
 from .subject import Subject
 from .train import train
 
@@ -654,7 +655,7 @@ def _collapse_in(
     conditions = latency_conditions([t.spread for t in timed], before, load_average(), dev)
     chosen = _choose(sweeps[opts.criterion], opts, sub.model, faded, sub.calib, memo)
     say(f"chose {chosen[0].k} blocks; repairing and writing {folder.path}")
-    shallow = _repaired(sub.model, chosen[0], sub.calib, opts, faded)
+    shallow = _repaired_shallow(sub, list(chosen[0].removed), opts)
     folder.clear_previous(COLLAPSE_OUTPUTS)
     _save_shallow(folder.path, shallow, sub, chosen[0])
     report = _collapse_report(sub, opts, dev, seed, val_from, chosen, conditions, scores, sweeps)
@@ -711,17 +712,6 @@ def _choose(
                      max_latency=opts.max_latency), reference  # fmt: skip
 
 
-def _repaired(
-    model: nn.Module, chosen: SweepPoint, calib: Any, opts: CollapseConfig, faded: Sequence[str]
-) -> nn.Module:
-    from .repair import repair as repair_model
-
-    if not chosen.k:
-        return model
-    return repair_model(model, chosen.removed, calib, opts.repair, opts.calib_samples,
-                        identities=faded)  # fmt: skip
-
-
 def _save_shallow(folder: Path, model: nn.Module, sub: Subject, chosen: SweepPoint) -> None:
     """``shallow.pt`` and its input description ``shallow.pt.json``; for a language model the
     folder ``shallow`` (``save_pretrained``, with its tokenizer) and ``shallow.json``."""
@@ -751,14 +741,24 @@ def _announcer(enabled: bool) -> Any:
     return say
 
 
-def _check_export_target(output: Path, checkpoint: str | os.PathLike, overwrite: bool) -> None:
-    """The exported file and its sidecar: never the checkpoint, a folder, or (without
-    ``overwrite``) a file that exists."""
+def _check_export_target(
+    output: Path, checkpoint: Any, fmt: str, lm: bool, overwrite: bool
+) -> None:
+    """The format fits the model, and the exported file (a folder for ``hf``) and its sidecar
+    are never the checkpoint, nor (without ``overwrite``) something that exists."""
     from .export import sidecar_path
 
-    if output.is_dir():
+    model = getattr(checkpoint, "model", None)
+    what = f"--model {model!r}" if model is not None else repr(str(checkpoint))
+    if lm and fmt not in LM_FORMATS:
+        raise ValueError(f"--format {fmt!r} for {what}, a language model; expected hf (a "
+                         "save_pretrained folder) or onnx")  # fmt: skip
+    if not lm and fmt == "hf":
+        raise ValueError(f"--format hf writes a Hugging Face model; {what} is a lacoot "
+                         "checkpoint: expected --format pt, torchscript or onnx")  # fmt: skip
+    if output.is_dir() and fmt != "hf":
         raise ValueError(f"--output {str(output)!r} is a folder; expected a file name")
-    if _same_file(output, checkpoint):
+    if not lm and _same_file(output, checkpoint):
         raise ValueError(f"--output {str(output)!r} is the checkpoint itself; expected another "
                          "file name (the checkpoint is never replaced)")  # fmt: skip
     for path in (output, sidecar_path(output)):
@@ -767,12 +767,13 @@ def _check_export_target(output: Path, checkpoint: str | os.PathLike, overwrite:
 
 
 def run_export(
-    checkpoint: str | os.PathLike,
+    checkpoint: Any,
     output: str | os.PathLike,
-    blocks: int | Sequence[str],
+    blocks: int | Sequence[str] | None = None,
     fmt: str = "pt",
     options: CollapseConfig | None = None,
     *,
+    report: str | os.PathLike | bool | None = None,
     device: str = "auto",
     data_dir: str | None = None,
     seed: int = 0,
@@ -783,72 +784,107 @@ def run_export(
     embed_normalization: bool | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Write a checkpoint's model without ``blocks`` (a count, removed in ``options.criterion``
-    order, or block names), repaired by ``options.repair`` on ``options.calib_samples``
-    validation images, as ``fmt`` (``pt``, ``torchscript`` or ``onnx``, the last checked in
-    onnxruntime when installed), batch norm folded for the inference formats unless ``fold_bn``
-    is False, a TorchScript file frozen and optimised for inference with ``optimize``. The
-    input normalisation travels with it: a first normalising layer in TorchScript and ONNX
-    files (unless ``embed_normalization`` is False) and always ``OUTPUT.json``. Returns
-    :func:`lacoot.export.export_model`'s summary (MACs, parameters and latency of the exported
-    model included).
+    """Write a checkpoint's model without some of its blocks, repaired, as ``fmt``.
 
-    A language model (``checkpoint`` a :class:`lacoot.lm.Brought`, or a checkpoint of one) is
-    written as ``fmt`` ``hf`` (a ``save_pretrained`` folder with its tokenizer) or ``onnx``
-    (dynamic batch and sequence); ``progress`` then prints each phase."""
-    from .collapse import removal_order
-    from .export import export_model
-    from .lm import Brought
+    Which blocks: by default the collapse its report chose (``report``: a ``report.json`` of
+    ``lacoot run`` / ``lacoot collapse`` or its folder; ``None``: the one beside the checkpoint
+    made from it, :func:`lacoot.report_choice.find_report`; ``False``: none), with the report's
+    repair and calibration size, so the file computes the function the report measured;
+    ``blocks`` an int: the report's point with that many blocks removed (without a report: the
+    first ``blocks`` in ``options.criterion`` order, scored here); block names: those, repaired
+    by ``options.repair``. ``options`` (criterion, repair, calib_samples) given with a report must
+    agree with it.
+
+    ``fmt``: ``pt``, ``torchscript`` or ``onnx`` (the last checked in onnxruntime when
+    installed), batch norm folded for the inference formats unless ``fold_bn`` is False, a
+    TorchScript file frozen and optimised for inference with ``optimize``. The input
+    normalisation travels with it: a first normalising layer in TorchScript and ONNX files
+    (unless ``embed_normalization`` is False) and always ``OUTPUT.json``. A language model
+    (``checkpoint`` a :class:`lacoot.lm.Brought`, or a checkpoint of one) is written as ``hf``
+    (a ``save_pretrained`` folder with its tokenizer) or ``onnx`` (dynamic batch and sequence).
+    ``progress`` prints each phase. Returns :func:`lacoot.export.export_model`'s summary (MACs,
+    parameters and latency of the exported model included) with ``report``: the report followed
+    (or ``None``) and ``k``."""
+    output = Path(output)
+    say = _announcer(progress)
+    sub = load_subject(checkpoint, resolve_device(device), data_dir, seed, val_from,
+                       "the export", say)  # fmt: skip
+    lm = sub.language_model
+    _check_export_target(output, checkpoint, fmt, lm, overwrite)
+    removed, opts, followed = _export_choice(sub, blocks, options, report, seed, say)
+    say(f"removing {removed} (repair {opts.repair!r})")
+    shallow = _repaired_shallow(sub, removed, opts)
+    say(f"writing {output} ({fmt})")
+    write = _write_lm if lm else _write_image
+    done = write(sub, shallow, output, fmt, removed, opts, fold_bn, optimize, embed_normalization)
+    return done | {"report": followed, "k": len(removed)}
+
+
+def _export_choice(
+    sub: Subject, blocks: int | Sequence[str] | None, options: CollapseConfig | None,
+    report: str | os.PathLike | bool | None, seed: int, say: Callable[[str], None],
+) -> tuple[list[str], CollapseConfig, str | None]:  # fmt: skip
+    """The blocks an export removes, the options that repair them and the report followed."""
+    named = blocks is not None and not isinstance(blocks, int)
+    found = None if named else find_report(sub.source, sub.state, report)
+    if found is not None:
+        chosen = choice(found[0], found[1], blocks, options)  # type: ignore[arg-type]
+        say(f"following {chosen.path}: k = {chosen.k}")
+        return chosen.removed, chosen.options, chosen.path
+    opts = options or _default_options(sub)
+    if blocks is None:
+        places = " or ".join(f"{p} beside it" for p in REPORT_PLACES)
+        raise ValueError(
+            f"no collapse report for {sub.source!r} ({places}, made from this checkpoint): "
+            "expected --blocks (a count or names), --report REPORT.json, or lacoot collapse first"
+        )
+    return _removed_blocks(sub, blocks, opts, seed, say), opts, None
+
+
+def _default_options(sub: Subject) -> CollapseConfig:
+    """The collapse options of a command given none: a language model's own defaults
+    (:data:`lacoot.config.LM_DEFAULTS`) where they differ."""
+    if not sub.language_model:
+        return CollapseConfig()
+    lm = {k: v for k, v in LM_DEFAULTS.items() if k in CollapseConfig.__dataclass_fields__}
+    return CollapseConfig.from_dict(lm)
+
+
+def _repaired_shallow(sub: Subject, removed: list[str], opts: CollapseConfig) -> nn.Module:
+    """The subject's model without ``removed``, repaired as a sweep repairs it (the faded blocks
+    of the training get no patch)."""
     from .repair import repair
 
-    opts = options or CollapseConfig()
-    output = Path(output)
-    if isinstance(checkpoint, Brought) or is_language_model(checkpoint):
-        return _export_lm(checkpoint, output, blocks, fmt, opts, device, data_dir, seed,
-                          overwrite, val_from, progress)  # fmt: skip
-    if fmt == "hf":
-        raise ValueError(
-            f"--format hf writes a Hugging Face model; {str(checkpoint)!r} is a lacoot "
-            "checkpoint: expected --format pt, torchscript or onnx"
-        )
-    _check_export_target(output, checkpoint, overwrite)
-    dev = resolve_device(device)
-    state = load_checkpoint(checkpoint, map_location=dev)
-    model, found, spec = model_from_checkpoint(state, checkpoint, dev)
-    names = [b.name for b in found]
-    if isinstance(blocks, int):
-        if blocks > len(found):
-            raise ValueError(f"--blocks {blocks}, but the model has only {len(found)} blocks")
-        scores = run_scoring(checkpoint, [opts.criterion], device, data_dir, val_from=val_from)
-        removed = removal_order(found, scores[opts.criterion])[:blocks]
-    else:
-        removed = list(blocks)
-        unknown = [n for n in removed if n not in names]
-        if unknown:
-            raise ValueError(f"blocks {unknown} are not collapsible; expected some of {names}")
-    example = _example(state["image_shape"], dev, batch=1)
-    data, calib = None, None
-    if (opts.repair != "none" and removed) or "preprocessing" not in state:
-        data, calib, _ = calibration_data(spec, dev, data_dir, seed, val_from, "the repair")
-    if opts.repair == "none" or not removed:
-        shallow = remove_blocks(model, removed, example).eval()
-    else:
-        shallow = repair(model, removed, calib, opts.repair, opts.calib_samples,
-                         identities=faded_blocks(state)).eval()  # fmt: skip
-    pre = state.get("preprocessing") or (data.preprocessing if data is not None else {})
+    if not removed:
+        return sub.model.eval()
+    if opts.repair == "none":
+        return remove_blocks(sub.model, removed, sub.example).eval()
+    return repair(sub.model, removed, sub.calib, opts.repair, opts.calib_samples,
+                  identities=faded_blocks(sub.state)).eval()  # fmt: skip
+
+
+def _write_image(
+    sub: Subject, shallow: nn.Module, output: Path, fmt: str, removed: list[str],
+    opts: CollapseConfig, fold_bn: bool | None, optimize: bool, embed: bool | None,
+) -> dict[str, Any]:  # fmt: skip
+    """An image model written by :func:`lacoot.export.export_model`, its latency conditions."""
+    from .export import export_model
+
     before = load_average()
     with recording_latencies() as timed:
-        done = export_model(shallow, output, fmt, example, state["model_spec"], removed, fold_bn,
-                            optimize=optimize, preprocessing=pre,
-                            embed_normalization=embed_normalization)  # fmt: skip
+        done = export_model(shallow, output, fmt, sub.example, sub.model_spec, removed, fold_bn,
+                            optimize=optimize, preprocessing=sub.preprocessing,
+                            embed_normalization=embed)  # fmt: skip
     spreads = [t.spread for t in timed]
-    done["latency_conditions"] = latency_conditions(spreads, before, load_average(), dev)
+    done["latency_conditions"] = latency_conditions(spreads, before, load_average(),
+                                                    sub.example.device)  # fmt: skip
     return done
 
 
-def _removed_blocks(sub: Subject, blocks: int | Sequence[str], criterion: str, seed: int,
+def _removed_blocks(sub: Subject, blocks: int | Sequence[str], opts: CollapseConfig, seed: int,
                     say: Callable[[str], None]) -> list[str]:  # fmt: skip
-    """The blocks to remove: the first ``blocks`` in ``criterion`` order, or those named."""
+    """The blocks to remove: the first ``blocks`` in ``opts.criterion`` order (scored as a
+    sweep scores: with its repair, the training's faded blocks unpatched), or those named."""
     from .collapse import removal_order
 
     names = [b.name for b in sub.blocks]
@@ -859,9 +895,11 @@ def _removed_blocks(sub: Subject, blocks: int | Sequence[str], criterion: str, s
         return list(blocks)
     if blocks > len(names):
         raise ValueError(f"--blocks {blocks}, but the model has only {len(names)} blocks")
-    say(f"scoring {len(names)} blocks by {criterion!r}")
-    scores = score_blocks(sub.model, sub.blocks, sub.calib, criterion=criterion, seed=seed,
-                          evaluate=sub.metric, repair=LM_DEFAULTS["repair"])  # fmt: skip
+    say(f"scoring {len(names)} blocks by {opts.criterion!r}")
+    scores = score_blocks(sub.model, sub.blocks, sub.calib, criterion=opts.criterion, seed=seed,
+                          evaluate=sub.metric, repair=opts.repair,
+                          calib_samples=opts.calib_samples,
+                          identities=faded_blocks(sub.state))  # fmt: skip
     return removal_order(sub.blocks, scores)[:blocks]
 
 
@@ -883,31 +921,16 @@ def is_language_model(source: Any) -> bool:
     return split_source(str(name))[0] == "hf"
 
 
-def _export_lm(
-    source: Any, output: Path, blocks: int | Sequence[str], fmt: str, opts: CollapseConfig,
-    device: str, data_dir: str | None, seed: int, overwrite: bool, val_from: str, progress: bool,
+def _write_lm(
+    sub: Subject, shallow: nn.Module, output: Path, fmt: str, removed: list[str],
+    opts: CollapseConfig, fold_bn: bool | None, optimize: bool, embed: bool | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """:func:`run_export` of a language model (brought as it is, or a checkpoint of one): a
-    ``save_pretrained`` folder with its tokenizer (``hf``) or ONNX, and ``OUTPUT.json``."""
-    from .export import sidecar_path
+    """A language model written as a ``save_pretrained`` folder with its tokenizer (``hf``) or
+    ONNX, with ``OUTPUT.json``; batch norm folding, ``optimize`` and ``embed`` do not apply."""
     from .lm import export_lm_onnx, save_lm, write_lm_sidecar
     from .profile import count_params, measure_latency
-    from .repair import repair
 
-    if fmt not in LM_FORMATS:
-        what = f"--model {source.model!r}" if hasattr(source, "model") else repr(str(source))
-        raise ValueError(f"--format {fmt!r} for {what}, a language model; expected hf (a "
-                         "save_pretrained folder) or onnx")  # fmt: skip
-    for path in (output, sidecar_path(output)):
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{str(path)!r} already exists; pass --overwrite to replace it")
-    say = _announcer(progress)
-    sub = load_subject(source, resolve_device(device), data_dir, seed, val_from, "the export", say)
-    removed = _removed_blocks(sub, blocks, opts.criterion, seed, say)
-    say(f"removing {removed} (repair {opts.repair!r})")
-    shallow = repair(sub.model, removed, sub.calib, opts.repair, opts.calib_samples).eval()
     diff = None
-    say(f"writing {output} ({fmt})")
     if fmt == "hf":
         if output.is_dir():
             shutil.rmtree(output)
@@ -926,7 +949,7 @@ def _export_lm(
         "macs": count_macs(shallow, sub.example), "params": count_params(shallow),
         "latency_ms": latency.median_ms, "onnx_max_abs_diff": diff,
         "latency_conditions": latency_conditions([latency.spread], before, load_average(),
-                                                 resolve_device(device)),
+                                                 sub.example["input_ids"].device),
     }  # fmt: skip
 
 
