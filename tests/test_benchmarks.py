@@ -199,3 +199,16 @@ def test_headline_chooses_on_validation_and_averages_over_seeds() -> None:
     other["run_config"]["epochs"] = 2
     with pytest.raises(SystemExit, match="other options than its other seeds"):
         hl.headline([other, *results[1:]])
+
+
+def test_headline_merges_other_cpus_and_lists_them_but_never_other_precisions() -> None:
+    hl = load("headline")
+    results = [fake("vanilla", s, {"msw/none": [(91, 92), (50, 50)]}) for s in (0, 1)]
+    results[1]["environment"]["machine"] = "another CPU"
+    h = hl.headline(results)
+    assert h["environment"]["machine"] == ["another CPU", "m"]
+    assert h["environment"]["machines_per_job"] == {"vanilla-s0": "m", "vanilla-s1": "another CPU"}
+    assert "another CPU and m" in hl.markdown(h)
+    results[1]["environment"]["torch"] = "other"
+    with pytest.raises(SystemExit, match="torch='other'"):
+        hl.headline(results)
