@@ -350,6 +350,15 @@ class TrainConfig(Options):
         "default yields to a run with no block meant to go)",
         check=lambda v: 0 <= v < 1, expect="a fraction in [0, 1), such as 0.4", legacy=0.0,
     )  # fmt: skip
+    distill_weight: float = option(
+        0.0, "weight w of knowledge distillation from --teacher: the loss is (1 - w) * "
+        "cross-entropy + w * T^2 * KL(teacher || student) at temperature T (0: none)",
+        check=lambda v: 0 <= v <= 1, expect="a weight in [0, 1]",
+    )  # fmt: skip
+    distill_temperature: float = option(
+        4.0, "temperature T of the distillation", check=_finite_positive,
+        expect="a temperature > 0",
+    )  # fmt: skip
     target_criterion: str = option("msw_rel", "criterion that ranks the blocks when the targets "
                                    "are chosen", choices=_criteria, label="criterion")  # fmt: skip
     target_keep_deep: bool = option(
@@ -493,6 +502,10 @@ class _Job(Options):
         None, "start the training from these weights: a lacoot checkpoint, a state_dict .pt or "
         ".safetensors file whose keys match the model's exactly (sha256 recorded)",
     )  # fmt: skip
+    teacher: str | None = option(
+        None, "the model to distil from (with --distill-weight): a checkpoint of lacoot train or "
+        "a model file of lacoot export (.pt), trained on the same data (sha256 recorded)",
+    )  # fmt: skip
     val_fraction: float = option(0.1, "fraction of the training set held out for validation "
                                  "and scoring", check=lambda v: 0 <= v < 1,
                                  expect="0 <= value < 1")  # fmt: skip
@@ -523,6 +536,11 @@ class RunConfig(CollapseConfig, TrainConfig, _Job):
         return self.subset(CollapseConfig)
 
     def _check(self) -> None:
+        if (self.teacher is None) != (self.distill_weight == 0):
+            raise ValueError(
+                f"teacher={self.teacher!r} with distill_weight={self.distill_weight!r}; expected "
+                "both (--teacher PATH --distill-weight W, W > 0) or neither"
+            )
         if self.val_from == "train" and self.val_fraction > 0:
             raise ValueError(
                 f"val_from='train' with val_fraction={self.val_fraction!r}: a validation split "

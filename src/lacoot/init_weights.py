@@ -18,7 +18,8 @@ from torch import nn
 
 __all__ = ["load_init", "weights_mismatch", "file_sha256"]
 
-WRITERS = "a lacoot checkpoint, torch.save(model.state_dict()) or safetensors"
+WRITERS = ("a lacoot checkpoint, a model file of lacoot export (.pt), "
+           "torch.save(model.state_dict()) or safetensors")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -66,6 +67,8 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     state: Any = safe_torch_load(path, "--init", WRITERS)
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and "model_spec" in state:
         return state["model"], "lacoot checkpoint"
+    if isinstance(state, dict) and state.get("kind") == "lacoot-model":
+        return state["state_dict"], "lacoot model file"  # of the full model when none removed
     if (
         isinstance(state, dict)
         and state

@@ -359,7 +359,19 @@ def resume_differences(state: dict[str, Any], cfg: RunConfig, data: Data) -> lis
             f"the training data (fingerprint {recorded}, now {data.fingerprint['train']} in "
             f"data_dir={cfg.data_dir!r}): other images"
         )
+    then_teacher, now_teacher = state.get("teacher"), _teacher_record(cfg)
+    if then_teacher and now_teacher and then_teacher["sha256"] != now_teacher["sha256"]:
+        diffs.append(f"the teacher {cfg.teacher!r} (sha256 {then_teacher['sha256'][:12]}..., now "
+                     f"{now_teacher['sha256'][:12]}...): another file")  # fmt: skip
     return diffs
+
+
+def _teacher_record(cfg: RunConfig) -> dict[str, str] | None:
+    from .init_weights import file_sha256
+
+    if cfg.teacher is None or not Path(cfg.teacher).is_file():
+        return None
+    return {"path": cfg.teacher, "sha256": file_sha256(cfg.teacher)}
 
 
 def _guard_resume(out: Path, cfg: RunConfig, data: Data, model_spec: dict[str, Any]) -> None:
@@ -416,6 +428,21 @@ def _lm_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
                 image_shape=(cfg.seq_len,), preprocessing=job.preprocessing,
                 fingerprint=fingerprint)  # type: ignore[arg-type]  # fmt: skip
     return job.model, job.blocks, data, job.model_spec, job.init
+
+
+def _load_teacher(
+    cfg: RunConfig, device: torch.device, data: Data
+) -> tuple[nn.Module | None, dict[str, str] | None]:
+    """The teacher of ``cfg`` (:func:`lacoot.distill.load_teacher`) and its record; none
+    without ``cfg.teacher``. Language models are not distilled (yet): refused."""
+    if cfg.teacher is None:
+        return None, None
+    if cfg.dataset == "text":
+        raise ValueError(f"--teacher {cfg.teacher!r} with a language model; distillation is "
+                         "implemented for image classifiers only")  # fmt: skip
+    from .distill import load_teacher
+
+    return load_teacher(cfg.teacher, device, data.preprocessing)
 
 
 def _check_targets(cfg: RunConfig, blocks: list[Block]) -> None:
@@ -475,6 +502,7 @@ def _train_in(
     trainee = _lm_trainee if split_source(cfg.model)[0] == "hf" else _image_trainee
     model, blocks, data, model_spec, init = trainee(cfg, device, where)
     _check_targets(cfg, blocks)
+    teacher, taught = _load_teacher(cfg, device, data)
     if resume:
         _on_rank0(lambda: _guard_resume(out, cfg, data, model_spec))
     elif folder is not None:
@@ -486,11 +514,12 @@ def _train_in(
         "model_spec": model_spec, "data_spec": cfg.data_spec(),
         "image_shape": list(data.image_shape), "run_config": json.dumps(cfg.to_dict()),
         "preprocessing": data.preprocessing, "data_fingerprint": data.fingerprint,
-        "environment": environment(device), "init": init,
+        "environment": environment(device), "init": init, "teacher": taught,
     }  # fmt: skip
     try:
         result = train(model, blocks, data.train, data.val, cfg.train_config(), out_dir=out,
-                       device=device, resume=resume, progress=cfg.progress, meta=meta)  # fmt: skip
+                       device=device, resume=resume, progress=cfg.progress, meta=meta,
+                       teacher=teacher)  # fmt: skip
     except BaseException:
         if folder is not None and (out / "checkpoint.pt").is_file():
             folder.commit()  # a checkpoint to resume from is worth keeping

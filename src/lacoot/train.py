@@ -40,6 +40,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .device import resolve_device
+from .distill import distillation_loss
 from .fade import Fade
 from .inputs import call_model, channels_last, first_samples, to_device
 from .metrics import logits_of
@@ -291,6 +292,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     net: nn.Module | None = None  # the model, wrapped in DistributedDataParallel under torchrun
     fade: Fade | None = None  # the blocks meant to go, fading out (cfg.fade), once due
+    teacher: nn.Module | None = None  # distilled from (cfg.distill_weight > 0), frozen
 
     @property
     def main(self) -> bool:
@@ -345,6 +347,7 @@ class _Run:
 def _prepare(
     model: nn.Module, blocks: Sequence[Block], train_loader: Iterable, cfg: TrainConfig,
     out_dir: str | os.PathLike | None, device: str | torch.device, meta: dict[str, Any] | None,
+    teacher: nn.Module | None = None,
 ) -> _Run:  # fmt: skip
     """Device, seed, optimiser, schedule and penalty of a fresh run."""
     where = dist_.info()
@@ -364,7 +367,27 @@ def _prepare(
     out = Path(out_dir) if out_dir is not None else None
     run = _Run(model, blocks, cfg, dev, opt, _scheduler(opt, cfg, steps), steps, out, meta or {})
     run.reg = _penalty_on(model, blocks, None, cfg, steps)
+    run.teacher = _teacher(teacher, cfg, dev)
     return run
+
+
+def _teacher(teacher: nn.Module | None, cfg: TrainConfig, dev: torch.device) -> nn.Module | None:
+    """The frozen teacher in eval mode on ``dev``; given exactly when ``cfg.distill_weight``
+    is above 0."""
+    if (teacher is None) != (cfg.distill_weight == 0):
+        raise ValueError(
+            f"distill_weight={cfg.distill_weight!r} with teacher="
+            f"{'None' if teacher is None else type(teacher).__name__}; expected a teacher model "
+            "exactly when distill_weight > 0"
+        )
+    if teacher is None:
+        return None
+    teacher = teacher.to(dev).eval()
+    if cfg.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def _resume(run: _Run) -> tuple[int, int, dict[str, Any] | None]:
@@ -510,7 +533,7 @@ def _step(
         logits = logits_of(call_model(run.net if run.net is not None else run.model, x))
     task = F.cross_entropy(logits.float(), y)
     penalty = _penalty_when_due(run, epoch * run.steps + k)
-    loss = task + penalty
+    loss = _fit(run, x, logits, task, amp) + penalty
     bad_loss, stop = run.stop_flags(not bool(torch.isfinite(loss)), stopper)
     run.opt.zero_grad(set_to_none=True)
     if bad_loss:
@@ -526,6 +549,17 @@ def _step(
     EpochSums.add(sums, float(task.detach()), float(penalty.detach()), correct, y.numel(),
                   distances)  # fmt: skip
     return task, penalty, stop
+
+
+def _fit(run: _Run, x: Any, logits: Tensor, task: Tensor, amp: bool) -> Tensor:
+    """The data term of the loss: the cross-entropy ``task``, or its blend with distillation
+    from the teacher (:func:`lacoot.distill.distillation_loss`)."""
+    if run.teacher is None:
+        return task
+    with torch.no_grad(), torch.autocast(run.dev.type, dtype=torch.bfloat16, enabled=amp):
+        target = logits_of(call_model(run.teacher, x))
+    return distillation_loss(logits, target, task, run.cfg.distill_weight,
+                             run.cfg.distill_temperature)  # fmt: skip
 
 
 def _nonfinite(
@@ -629,6 +663,7 @@ def train(
     meta: dict[str, Any] | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` with cross-entropy plus ``cfg.lam`` times the mean MSW of ``blocks``.
 
@@ -663,6 +698,10 @@ def train(
         Show a progress bar per epoch (tqdm, when installed; rank 0 only).
     on_epoch : callable, optional
         Called with each epoch's log row (on every rank; the rows are identical).
+    teacher : nn.Module, optional
+        The model to distil from, exactly when ``cfg.distill_weight > 0``: the data term of the
+        loss is then :func:`lacoot.distill.distillation_loss` of the two models' logits (the
+        teacher frozen, in eval mode). The log's ``train_loss`` stays the cross-entropy.
 
     Returns
     -------
@@ -678,7 +717,7 @@ def train(
     FloatingPointError
         On a non-finite loss with ``cfg.nonfinite == "stop"``; the last checkpoint is kept.
     """
-    run = _prepare(model, blocks, train_loader, cfg, out_dir, device, meta)
+    run = _prepare(model, blocks, train_loader, cfg, out_dir, device, meta, teacher)
     start_epoch, start_batch, partial = _resume(run) if resume else (0, 0, None)
     if cfg.channels_last:
         run.model.to(memory_format=torch.channels_last)
