@@ -1,0 +1,388 @@
+"""From a trained model to a shallow one at <= 55% of the MACs: LaCoOT fine-tune against
+remove-then-heal, remove-then-distil and the shallow net trained from scratch.
+
+From a pretrained vanilla model (a model file of ``lacoot export`` or a checkpoint; by default
+the headline's
+``docs/results/headline/models/vanilla-sSEED.pt``), for each ``E`` in ``--epochs``:
+
+* ``lacoot``: ``E`` epochs of LaCoOT fine-tune from the pretrained weights (``--init``): the
+  penalty aimed at the MACs budget (its targets chosen at the start from the pretrained model,
+  ``target_warmup 0``) and faded out, then removed training-free;
+* ``heal``: the best training-free removal of the pretrained model within the budget, then
+  ``E`` epochs of plain fine-tuning (cross-entropy);
+* ``kd``: the same removal, then ``E`` epochs of fine-tuning with distillation from the
+  pretrained model (``--distill-weight``, ``--distill-temperature``).
+
+The three share the schedule (``FINETUNE``: SGD, one-cycle, lr 0.01) and the tools of the
+training-free removal: at the smallest ``k`` within the budget, every order of ``ORDERS`` with
+every repair of ``REPAIRS``, chosen on validation accuracy (LaCoOT's own order, the blocks its
+training faded out, is one more candidate for it). ``scratch``: the headline's same-architecture
+net trained from scratch for the full schedule (``docs/results/headline/jobs``), where it exists.
+
+Each (method, E, seed) writes ``OUT/jobs/METHOD-eE-sSEED.json`` and a rerun skips it;
+``OUT/../finetune.{json,md,png}`` are regenerated after every job (``--report-only``: only that).
+
+    OMP_NUM_THREADS=1 python benchmarks/finetune.py --threads 1 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _collapse_jobs import git_commit, train_resumably  # noqa: E402
+from _common import cpu_model, loadavg  # noqa: E402
+
+from lacoot._io import atomic_write_text  # noqa: E402
+from lacoot.blocks import find_blocks, remove_blocks  # noqa: E402
+from lacoot.checkpoint import faded_blocks, load_checkpoint  # noqa: E402
+from lacoot.collapse import removal_order  # noqa: E402
+from lacoot.config import RunConfig, TrainConfig  # noqa: E402
+from lacoot.criteria import score_blocks  # noqa: E402
+from lacoot.device import resolve_device  # noqa: E402
+from lacoot.distill import load_teacher  # noqa: E402
+from lacoot.metrics import Memoized, top1_accuracy  # noqa: E402
+from lacoot.pipeline import model_from_checkpoint, prepare_data  # noqa: E402
+from lacoot.profile import count_macs, count_params  # noqa: E402
+from lacoot.repair import repair  # noqa: E402
+from lacoot.train import train  # noqa: E402
+
+METHODS = ("lacoot", "heal", "kd")
+ORDERS = ("msw", "msw_rel", "cosine", "angular", "depth")
+REPAIRS = ("none", "bn", "linear")
+BUDGET = 0.55  # fraction of the full model's MACs
+FINETUNE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
+            "weight_decay": 5e-4, "schedule": "onecycle"}  # fmt: skip
+PLAIN = {"lam": 0.0, "target_macs": None, "fade": 0.0}
+TARGET_EPOCHS = 2  # the targets' E
+HALF_POINT = 0.5
+
+
+# ------------------------------------------------------------------------- removal at budget
+def at_budget(model: torch.nn.Module, order: list[str], example: torch.Tensor) -> list[str]:
+    """The fewest first blocks of ``order`` whose removal brings the MACs within the budget."""
+    full = count_macs(model, example)
+    for k in range(1, len(order) + 1):
+        if count_macs(remove_blocks(model, order[:k], example), example) <= BUDGET * full:
+            return order[:k]
+    return list(order)
+
+
+def best_removal(model: torch.nn.Module, data: Any, example: torch.Tensor, seed: int,
+                 calib: int, extra: dict[str, list[str]] | None = None,
+                 faded: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every order of :data:`ORDERS` (and ``extra``'s named removals) at the budget, with every
+    repair of :data:`REPAIRS`; the one with the best validation accuracy, its test accuracy and
+    every candidate's validation accuracy."""
+    blocks = find_blocks(model, example)
+    memo = Memoized(top1_accuracy)
+    removals = dict(extra or {})
+    for order in ORDERS:
+        scores = score_blocks(model, blocks, data.val, criterion=order, seed=seed)
+        removals[order] = at_budget(model, removal_order(blocks, scores), example)
+    tried = []
+    for name, removed in removals.items():
+        for how in REPAIRS:
+            shallow = repair(model, removed, data.val, how, calib, identities=faded or [])
+            tried.append({"order": name, "repair": how, "removed": removed,
+                          "val_accuracy": memo(shallow.eval(), data.val)})  # fmt: skip
+    best = max(tried, key=lambda t: t["val_accuracy"])
+    return {"chosen": best, "candidates": tried}
+
+
+def shallow_of(model: torch.nn.Module, chosen: dict[str, Any], data: Any, calib: int,
+               faded: list[str] | None = None) -> torch.nn.Module:  # fmt: skip
+    return repair(model, chosen["removed"], data.val, chosen["repair"], calib,
+                  identities=faded or []).eval()  # fmt: skip
+
+
+def figures(model: torch.nn.Module, data: Any, example: torch.Tensor) -> dict[str, Any]:
+    model.eval()
+    return {"val_accuracy": top1_accuracy(model, data.val),
+            "test_accuracy": top1_accuracy(model, data.test),
+            "macs": count_macs(model, example), "params": count_params(model)}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- one job
+def run_config(args: argparse.Namespace, seed: int, **values: Any) -> RunConfig:
+    base = {"model": args.model, "model_args": args.model_args, "dataset": "fashion-mnist",
+            "data_dir": args.data_dir, "seed": seed, "device": args.device,
+            "progress": False}  # fmt: skip
+    return RunConfig.from_dict(base | FINETUNE | values)
+
+
+def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int) -> dict[str, Any]:
+    dev = resolve_device(args.device)
+    pretrained = args.pretrained.format(seed=seed)
+    cfg = run_config(args, seed, epochs=epochs)
+    data = prepare_data(cfg.data_spec(), dev, seed=seed)
+    example = torch.zeros(1, *data.image_shape, device=dev)
+    vanilla, _ = load_teacher(pretrained, dev, data.preprocessing)  # frozen, normalisation checked
+    full = figures(vanilla, data, example)
+    t0 = time.perf_counter()
+    if method == "lacoot":
+        cfg = run_config(args, seed, epochs=epochs, init=pretrained, target_warmup=0,
+                         out=str(Path(args.work) / f"lacoot-e{epochs}-s{seed}"))  # fmt: skip
+        ckpt = train_resumably(cfg)
+        trained = time.perf_counter() - t0
+        state = load_checkpoint(ckpt, map_location=dev)
+        model, _, _ = model_from_checkpoint(state, ckpt, dev)
+        faded = faded_blocks(state)
+        extra = {"faded": list(faded)} if faded else {}
+        choice = best_removal(model, data, example, seed, args.calib, extra, faded)
+        shallow = shallow_of(model, choice["chosen"], data, args.calib, faded)
+        history = state["history"]
+    else:
+        choice = best_removal(vanilla, data, example, seed, args.calib)
+        shallow = shallow_of(vanilla, choice["chosen"], data, args.calib)
+        for p in shallow.parameters():  # a copy of the frozen teacher's weights: trained here
+            p.requires_grad_(True)
+        chose = time.perf_counter() - t0
+        kd = {"distill_weight": args.distill_weight, "distill_temperature":
+              args.distill_temperature} if method == "kd" else {}  # fmt: skip
+        plain = run_config(args, seed, epochs=epochs, **PLAIN).train_config().to_dict()
+        tcfg = TrainConfig.from_dict(plain | kd)
+        result = train(shallow, [], data.train, data.val, tcfg, device=dev, progress=False,
+                       teacher=vanilla if method == "kd" else None)  # fmt: skip
+        trained = time.perf_counter() - t0 - chose
+        history, faded = result.history, []
+    return {"method": method, "epochs": epochs, "seed": seed, "pretrained": pretrained,
+            "vanilla": full, "chosen": choice["chosen"], "candidates": choice["candidates"],
+            "faded": list(faded), **figures(shallow, data, example),
+            "full_macs": full["macs"], "train_seconds": trained,
+            "seconds": time.perf_counter() - t0, "history": history,
+            "finetune": FINETUNE, "environment": environment(args)}  # fmt: skip
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    return {"machine": cpu_model(), "device": resolve_device(args.device).type,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "commit": git_commit(), "load_at_start": loadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- report
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def scratch_rows(headline_jobs: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for s in seeds:
+        f = headline_jobs / f"scratch_same_arch-s{s}.json"
+        if f.is_file():
+            r = json.loads(f.read_text())
+            rows.append({"seed": s, "test_accuracy": r["test_accuracy"], "macs": r["macs"],
+                         "params": r["params"], "removed": r["removed"],
+                         "train_seconds": r.get("train_seconds")})  # fmt: skip
+    return rows
+
+
+def report(results: list[dict[str, Any]], scratch: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for m in METHODS:
+        for e in sorted({r["epochs"] for r in results}):
+            rs = sorted((r for r in results if r["method"] == m and r["epochs"] == e),
+                        key=lambda r: r["seed"])  # fmt: skip
+            if rs:
+                rows.append({"method": m, "epochs": e, "seeds": [r["seed"] for r in rs],
+                             "test_mean": _mean([r["test_accuracy"] for r in rs]),
+                             "per_seed": [r["test_accuracy"] for r in rs],
+                             "macs_fraction": _mean([r["macs"] / r["full_macs"] for r in rs]),
+                             "params": [r["params"] for r in rs],
+                             "removed": [r["chosen"]["removed"] for r in rs],
+                             "how": [f"{r['chosen']['order']}/{r['chosen']['repair']}"
+                                     for r in rs],
+                             "train_seconds": _mean([r["train_seconds"] for r in rs])})  # fmt: skip
+    vanilla = {r["seed"]: r["vanilla"]["test_accuracy"] for r in results}
+    return {"rows": rows, "vanilla": vanilla, "scratch": scratch,
+            "targets": targets(results, scratch)}  # fmt: skip
+
+
+def targets(results: list[dict[str, Any]], scratch: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets at E = 2, on the seeds every method holds."""
+    at = [r for r in results if r["epochs"] == TARGET_EPOCHS]
+    seeds = sorted(set.intersection(*[{r["seed"] for r in at if r["method"] == m}
+                                      for m in METHODS]) if at else set())  # fmt: skip
+    pick = {m: [r for r in at if r["method"] == m and r["seed"] in seeds] for m in METHODS}
+    t: dict[str, Any] = {"epochs": TARGET_EPOCHS, "seeds": seeds}
+    if not seeds:
+        return t | {"within_half_point": None, "beats_heal": None, "beats_kd": None}
+    mean = {m: _mean([r["test_accuracy"] for r in pick[m]]) for m in METHODS}
+    t["vanilla"] = _mean([r["vanilla"]["test_accuracy"] for r in pick["lacoot"]])
+    t |= mean
+    t["macs_fraction"] = {m: _mean([r["macs"] / r["full_macs"] for r in pick[m]])
+                          for m in METHODS}  # fmt: skip
+    sc = [r["test_accuracy"] for r in scratch if r["seed"] in seeds]
+    t["scratch"] = _mean(sc) if len(sc) == len(seeds) else None
+    t["within_half_point"] = mean["lacoot"] >= t["vanilla"] - HALF_POINT
+    t["beats_heal"] = mean["lacoot"] > mean["heal"]
+    t["beats_kd"] = mean["lacoot"] > mean["kd"]
+    return t
+
+
+LABELS = {"lacoot": "LaCoOT fine-tune, then removal", "heal": "removal, then fine-tune (heal)",
+          "kd": "removal, then distillation"}  # fmt: skip
+
+
+def markdown(rep: dict[str, Any], envs: list[dict[str, Any]], command: str) -> str:
+    machines = sorted({e["machine"] for e in envs})
+    lines = [
+        "# Fine-tune from a trained model: LaCoOT against heal and distillation",
+        "",
+        f"Generated by `{command}` from `finetune/jobs/*.json`. Machines: {', '.join(machines)}; "
+        f"threads {sorted({e['threads'] for e in envs})}; commits "
+        f"{', '.join(sorted({e['commit'][:10] for e in envs}))}; dates "
+        f"{min(e['date'] for e in envs)} to {max(e['date'] for e in envs)}; load at the start "
+        f"of each job {sorted({e['load_at_start'] for e in envs})}.",
+        f"Budget: at most {BUDGET:.0%} of the MACs. Fine-tune schedule: "
+        + ", ".join(f"{k} {v}" for k, v in FINETUNE.items())
+        + ". Removal: the smallest k within the budget, order x repair chosen on validation.",
+        "",
+        "Pretrained vanilla test accuracy: "
+        + ", ".join(f"seed {s}: {v:.2f}%" for s, v in sorted(rep["vanilla"].items())),
+        "",
+        "| method | E | seeds | test (mean) | per seed | MACs | params | order/repair | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rep["rows"]:
+        lines.append(
+            f"| {LABELS[r['method']]} | {r['epochs']} | {r['seeds']} | {r['test_mean']:.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in r['per_seed'])} | {r['macs_fraction']:.1%} | "
+            f"{', '.join(f'{p:,}' for p in r['params'])} | {', '.join(r['how'])} | "
+            f"{r['train_seconds']:.0f} |"
+        )
+    for s in rep["scratch"]:
+        lines.append(f"| same architecture from scratch (headline, 15 epochs) | 15 | "
+                     f"[{s['seed']}] | {s['test_accuracy']:.2f} | - | - | {s['params']:,} | "
+                     f"{', '.join(s['removed'])} | {s['train_seconds'] or 0:.0f} |")  # fmt: skip
+    if not rep["scratch"]:
+        lines.append("| same architecture from scratch | - | pending: the headline's "
+                     "`scratch_same_arch` job has not run on these seeds "
+                     "| | | | | | |")  # fmt: skip
+    t = rep["targets"]
+    lines += ["", f"## Targets (E = {t['epochs']}, seeds {t['seeds']})", ""]
+    for name in ("within_half_point", "beats_heal", "beats_kd"):
+        lines.append(f"- `{name}`: {t[name]}")
+    if t.get("vanilla") is not None:
+        lines.append(f"- means: vanilla {t['vanilla']:.2f}, lacoot {t['lacoot']:.2f}, heal "
+                     f"{t['heal']:.2f}, kd {t['kd']:.2f}, scratch "
+                     f"{'-' if t['scratch'] is None else format(t['scratch'], '.2f')}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(rep: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in METHODS:
+        rs = [r for r in rep["rows"] if r["method"] == m]
+        if rs:
+            ax.plot([r["epochs"] for r in rs], [r["test_mean"] for r in rs], "o-",
+                    label=LABELS[m])  # fmt: skip
+    for s in rep["vanilla"].values():
+        ax.axhline(s, color="gray", ls="--", lw=0.8)
+    for s in rep["scratch"]:
+        ax.axhline(s["test_accuracy"], color="k", ls=":", lw=0.8)
+    ax.set_xlabel("fine-tune epochs E")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"<= {BUDGET:.0%} MACs (dashed: vanilla; dotted: from scratch)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(args: argparse.Namespace) -> dict[str, Any] | None:
+    jobs = Path(args.out) / "jobs"
+    files = sorted(jobs.glob("*.json"))
+    if not files:
+        return None
+    results = [json.loads(f.read_text()) for f in files]
+    seeds = sorted({r["seed"] for r in results})
+    rep = report(results, scratch_rows(Path(args.headline) / "jobs", seeds))
+    command = "python benchmarks/finetune.py " + " ".join(sys.argv[1:])
+    rep |= {"command": command, "budget": BUDGET, "finetune": FINETUNE,
+            "environments": [r["environment"] for r in results]}  # fmt: skip
+    stem = Path(args.out).parent / Path(args.out).name
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(rep, indent=1) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), markdown(rep, rep["environments"], command))
+    plot(rep, stem.with_suffix(".png"))
+    return rep
+
+
+# ----------------------------------------------------------------------------------- driver
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pretrained", default="docs/results/headline/models/vanilla-s{seed}.pt",
+                   help="the pretrained model of each seed ({seed} replaced)")  # fmt: skip
+    p.add_argument("--headline", default="docs/results/headline",
+                   help="the headline's output (its same-architecture scratch jobs)")  # fmt: skip
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--model-args", type=json.loads, default={})
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--epochs", type=int, nargs="+", default=[2, 1, 4])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--distill-weight", type=float, default=0.9)
+    p.add_argument("--distill-temperature", type=float, default=4.0)
+    p.add_argument("--calib", type=int, default=2048, help="calibration images of a repair")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--work", default="runs/finetune", help="checkpoints")
+    p.add_argument("--out", default="docs/benchmarks/finetune",
+                   help="job results in OUT/jobs; the report as OUT.json/.md/.png")  # fmt: skip
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (E = 1, seed 0, a narrow "
+                   "resnet20, 64 calibration images): what the test runs")  # fmt: skip
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.seeds, args.calib = [1], [0], 64
+        args.model_args = args.model_args or {"widths": [4, 4, 8]}
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    jobs = Path(args.out) / "jobs"
+    if not args.report_only:
+        jobs.mkdir(parents=True, exist_ok=True)
+        for e in args.epochs:
+            for s in args.seeds:
+                for m in args.methods:
+                    done = jobs / f"{m}-e{e}-s{s}.json"
+                    if done.is_file() or not Path(args.pretrained.format(seed=s)).is_file():
+                        continue
+                    print(f"[{time.strftime('%H:%M:%S')}] {m} E={e} s{s}: start", flush=True)
+                    res = run_job(args, m, e, s)
+                    atomic_write_text(done, json.dumps(res, indent=1) + "\n")
+                    print(f"[{time.strftime('%H:%M:%S')}] {m} E={e} s{s}: test "
+                          f"{res['test_accuracy']:.2f}% at {res['macs'] / res['full_macs']:.1%} "
+                          f"MACs in {res['seconds']:.0f} s", flush=True)  # fmt: skip
+                    write_report(args)
+    rep = write_report(args)
+    if rep is not None:
+        print(json.dumps(rep["targets"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""``benchmarks/finetune.py`` at tiny sizes: from a trained model, the LaCoOT fine-tune, heal
+and distillation jobs each reach the budget, choose their removal on validation, and the report
+states its targets from the jobs present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from _cli import NARROW, lacoot_cmd
+from _data import write_idx_dataset
+from test_benchmarks import bench, load
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("finetune")
+    write_idx_dataset(tmp / "data", n_train=240, n_test=64)
+    lacoot_cmd("train", "--lam", "0", "--epochs", "1", "--batch-size", "32", "--no-progress",
+               *NARROW, "--out", "pre", cwd=tmp)  # fmt: skip
+    bench("finetune.py", "--smoke", "--threads", "1", "--pretrained", "pre/checkpoint.pt",
+          "--data-dir", str(tmp / "data"), "--headline", "none", "--work", "work", "--out",
+          "out/finetune", cwd=tmp)  # fmt: skip
+    return tmp
+
+
+def test_finetune_smoke_writes_every_method_within_the_budget(finetuned: Path) -> None:
+    jobs = {p.stem: json.loads(p.read_text()) for p in (finetuned / "out/finetune/jobs").glob("*")}
+    assert set(jobs) == {"lacoot-e1-s0", "heal-e1-s0", "kd-e1-s0"}
+    for job in jobs.values():
+        assert job["macs"] <= 0.55 * job["full_macs"] and job["params"] > 0
+        best = max(c["val_accuracy"] for c in job["candidates"])
+        assert job["chosen"]["val_accuracy"] == best  # chosen on validation
+        assert len(job["history"]) == 1  # E = 1 epoch of fine-tuning
+    assert {c["order"] for c in jobs["lacoot-e1-s0"]["candidates"]} >= {"faded", "msw"}
+    assert jobs["heal-e1-s0"]["chosen"] == jobs["kd-e1-s0"]["chosen"]  # the same start
+    report = json.loads((finetuned / "out/finetune.json").read_text())
+    assert report["targets"]["within_half_point"] is None  # no E = 2 job at this size
+    assert "| removal, then distillation | 1 | [0] |" in (finetuned / "out/finetune.md").read_text()
+
+
+def test_finetune_targets_compare_on_the_seeds_every_method_holds() -> None:
+    ft = load("finetune")
+
+    def job(m: str, s: int, test: float) -> dict:
+        return {"method": m, "epochs": 2, "seed": s, "test_accuracy": test, "macs": 50,
+                "full_macs": 100, "vanilla": {"test_accuracy": 93.0}}  # fmt: skip
+
+    results = [job("lacoot", 0, 92.6), job("heal", 0, 92.0), job("kd", 0, 92.8),
+               job("lacoot", 1, 92.2)]  # seed 1 has no heal or kd: left out  # fmt: skip
+    t = ft.targets(results, [{"seed": 0, "test_accuracy": 92.9}])
+    assert t["seeds"] == [0] and t["lacoot"] == 92.6 and t["scratch"] == 92.9
+    assert t["within_half_point"] is True and t["beats_heal"] is True and t["beats_kd"] is False
