@@ -180,7 +180,27 @@ def cli_reference() -> str:
     ]
     for name, p in sub.choices.items():
         parts += ["", f"## `lacoot {name}`", "", "```text", p.format_help().rstrip(), "```"]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts + experimental_options()) + "\n"
+
+
+def experimental_options() -> list[str]:
+    """The options measured worse than the defaults: accepted by ``train`` and ``run`` (and in
+    config files), left out of ``--help``; listed here with their help."""
+    from dataclasses import fields
+
+    from lacoot.cli import _help
+    from lacoot.config import RunConfig, base_type, default_of, option_spec
+
+    rows = [f for f in fields(RunConfig) if option_spec(f).experimental]
+    lines = ["", "## Experimental options", "",
+             "Accepted by `lacoot train` and `lacoot run` and in `--config` files, but measured "
+             "worse than the defaults on resnet20 / Fashion-MNIST (what was measured: "
+             "[`CHANGELOG.md`](../../CHANGELOG.md)), so left out of `--help`:", ""]  # fmt: skip
+    for f in rows:
+        flag = "--" + f.name.replace("_", "-")
+        both = f"`{flag}` / `--no-{flag[2:]}`" if base_type(f) == "bool" else f"`{flag}`"
+        lines.append(f"- {both}: {_help(f, default_of(f)).replace('%%', '%')}")
+    return lines
 
 
 def _first_paragraph(obj: Any) -> str:

@@ -138,3 +138,30 @@ def test_library_defaults_are_the_commands_defaults() -> None:
     assert default(sweep, "repair") == c.repair
     for fn in (repair, linear_patch, recalibrate_bn):
         assert default(fn, "n_samples") == c.calib_samples
+
+
+def test_lam_zero_is_vanilla_and_records_no_budget_or_fade() -> None:
+    from lacoot.config import TrainConfig
+
+    plain = TrainConfig(lam=0.0)
+    assert plain.target_macs is None and plain.fade == 0.0 and not plain.aimed
+    assert TrainConfig(lam=0.0, target_macs=1.0).target_macs == 1.0  # "no budget" said outright
+    for aim in ({"target_macs": 0.5}, {"target_blocks": 2}, {"penalize": ("layer1.*",)},
+                {"penalize": ("layer1.*",), "fade": 0.3}):  # fmt: skip
+        with pytest.raises(ValueError, match=r"lam=0 trains without the penalty \(vanilla\), but "):
+            TrainConfig(lam=0.0, **aim)
+    with pytest.raises(ValueError, match=r"but target_macs=0.5 aim"):  # the default fade unnamed
+        TrainConfig(lam=0.0, target_macs=0.5)
+
+
+def test_experimental_options_are_accepted_but_out_of_help() -> None:
+    from lacoot.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--stop-input-grad", "--penalty-every", "4"])
+    assert args.stop_input_grad is True and args.penalty_every == 4
+    train = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    shown = train.format_help()
+    for flag in ("--stop-input-grad", "--penalty-every", "--escalate", "--lam-warmup"):
+        assert flag not in shown
+    assert "--target-warmup" in shown and "--fade" in shown

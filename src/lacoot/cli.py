@@ -52,11 +52,13 @@ def add_options(
     """One flag per field of the option dataclass ``cls`` (``--snake-case`` of the field
     name), its type, help and valid names taken from the field. The parser's defaults are
     None, so a config file (and then the dataclass's own default) fills what is not given."""
-    from .config import base_type, default_of
+    from .config import base_type, default_of, option_spec
 
     for f in _fields(cls, keys):
         flag, kind = "--" + f.name.replace("_", "-"), base_type(f)
-        common = {"dest": f.name, "help": _help(f, default_of(f))}
+        hidden = option_spec(f).experimental  # accepted, but out of --help
+        common = {"dest": f.name,
+                  "help": argparse.SUPPRESS if hidden else _help(f, default_of(f))}  # fmt: skip
         if kind == "dict":
             parser.add_argument(flag, type=_parse_kv, action="append", **common)
         elif kind == "bool":
@@ -357,13 +359,9 @@ def _checkpoint_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("checkpoint", nargs="?", help="checkpoint.pt written by lacoot train (or "
                    "--model hf:... with --dataset text instead)")  # fmt: skip
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--data-dir", default=None, help="override the checkpoint's data folder; with "
-                   "--model hf:..., the folder of text files")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the scoring randomness (and of "
-                   "the text split)")  # fmt: skip
-    add_options(p, RunConfig, ["val_from", *BROUGHT_OPTIONS])
-    p.set_defaults(val_from="val")
+    shared = ["device", "data_dir", "seed", "val_from"]  # declared once, in RunConfig
+    add_options(p, RunConfig, [*shared, *BROUGHT_OPTIONS])
+    p.set_defaults(**{k: RunConfig.__dataclass_fields__[k].default for k in shared})
 
 
 def _run_parser(sub: Any, name: str, func: Any, with_collapse: bool, **kw: Any) -> None:

@@ -57,6 +57,8 @@ class Option:
     whether a (non-None) value is in range, ``expect`` says what is expected when it is not.
     ``legacy``, when given, is the value that a saved configuration without this option stands
     for (lacoot's behaviour before the option existed), where it differs from the default.
+    ``experimental`` options were measured worse than the defaults: they keep working (flags,
+    config files, the library) but leave ``--help``; the reference lists them apart.
     """
 
     help: str
@@ -66,6 +68,7 @@ class Option:
     check: Callable[[Any], bool] | None = None
     expect: str = ""
     legacy: Any = _NO_LEGACY  # what a saved configuration written before the option existed meant
+    experimental: bool = False  # measured worse than the defaults: out of --help, still accepted
 
     def names(self) -> tuple[str, ...] | None:
         if self.choices is None:
@@ -251,6 +254,9 @@ def _count(v: int) -> bool:
     return v >= 1
 
 
+PENALTY_AIMS = ("target_blocks", "target_macs", "penalize", "escalate", "fade")  # need lam > 0
+
+
 @dataclass
 class TrainConfig(Options):
     """Hyper-parameters of one training run (the defaults are the ones measured best:
@@ -267,7 +273,7 @@ class TrainConfig(Options):
     lam_warmup: float = option(
         0.0, "epochs over which lambda rises linearly from 0 to --lam, step by step (0: the "
         "full lambda from the first step)", check=lambda v: v >= 0 and math.isfinite(v),
-        expect="a number of epochs >= 0",
+        expect="a number of epochs >= 0", experimental=True,
     )  # fmt: skip
     optimizer: str = option("sgd", "optimiser: sgd (momentum, nesterov) or adamw",
                             choices=("sgd", "adamw"))  # fmt: skip
@@ -293,6 +299,7 @@ class TrainConfig(Options):
     penalty_every: int = option(
         1, "compute the penalty on every N-th step only, weighted N times (lazy regularisation: "
         "the same mean pull for 1/N of its cost)", check=_count, expect="a step count >= 1",
+        experimental=True,
     )  # fmt: skip
     n_iters: int = option(2, "ascent steps per training step", check=lambda v: v >= 0,
                           expect=">= 0")  # fmt: skip
@@ -317,7 +324,8 @@ class TrainConfig(Options):
                             "(scale-free penalty)")  # fmt: skip
     stop_input_grad: bool = option(False, "treat each block's input as a fixed target of the "
                                    "penalty: MSW(stop_grad(X), Y) moves the output towards the "
-                                   "input, not the input towards the output")  # fmt: skip
+                                   "input, not the input towards the output",
+                                   experimental=True)  # fmt: skip
     penalize: tuple[str, ...] = option((), "glob patterns of the blocks to penalise, e.g. "
                                        "'layer*.2' (default: all blocks)")  # fmt: skip
     target_blocks: int | None = option(
@@ -341,6 +349,7 @@ class TrainConfig(Options):
         "64 (regularizer.MAX_WEIGHT) and at most the peak learning rate over the current one (no "
         "escalation under a constant schedule)",
         check=lambda v: v >= 0 and math.isfinite(v), expect="an influence >= 0, such as 0.001",
+        experimental=True,
     )  # fmt: skip
     fade: float = option(
         DEFAULT_FADE, "fade the blocks meant to go (a budget's targets or --penalize) out over "
@@ -368,14 +377,21 @@ class TrainConfig(Options):
 
     def _normalise(self) -> None:
         super()._normalise()
-        if (self.penalize or self.target_blocks is not None) and (
+        if (self.lam == 0 or self.penalize or self.target_blocks is not None) and (
             self.target_macs == DEFAULT_TARGET_MACS
-        ):  # the default budget yields to the blocks the user names or counts
+        ):  # the default budget yields to vanilla training and to the blocks the user names
             self.target_macs = None
         if self.fade == DEFAULT_FADE and not self.aimed:
             self.fade = 0.0  # the default fade yields to a run with no block meant to go
 
     def _check(self) -> None:
+        unset = (None, (), 0.0, 1.0, DEFAULT_FADE)  # the values that aim at nothing
+        aims = [f"{k}={getattr(self, k)!r}" for k in PENALTY_AIMS if getattr(self, k) not in unset]
+        if self.lam == 0 and aims:
+            raise ValueError(
+                f"lam=0 trains without the penalty (vanilla), but {', '.join(aims)} aim or fade "
+                "it; expected lam > 0, or none of them"
+            )
         if self.target_blocks is not None and self.target_macs and self.target_macs < 1:
             raise ValueError(
                 f"target_blocks={self.target_blocks!r} and target_macs={self.target_macs!r}; "

@@ -18,8 +18,10 @@ from torch import nn
 
 __all__ = ["load_init", "weights_mismatch", "file_sha256"]
 
-WRITERS = ("a lacoot checkpoint, a model file of lacoot export (.pt), "
-           "torch.save(model.state_dict()) or safetensors")
+WRITERS = (
+    "a lacoot checkpoint, a model file of lacoot export (.pt), "
+    "torch.save(model.state_dict()) or safetensors"
+)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
