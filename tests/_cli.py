@@ -36,11 +36,13 @@ def lacoot_cmd(*args: str, cwd: Path, check: int | None = 0) -> subprocess.Compl
     return proc
 
 
-def _start_and_signal(work: Path, out: str, sig: int) -> subprocess.Popen:
-    """Start a training run and send ``sig`` once its first epoch is logged."""
+def _start_and_signal(
+    work: Path, out: str, sig: int, args: list[str] = RESUMABLE
+) -> subprocess.Popen:
+    """Start a training run (``args``) and send ``sig`` once its first epoch is logged."""
     env = {**os.environ, "LACOOT_DATA": str(work / "data")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lacoot.cli", *RESUMABLE, "--out", out],
+        [sys.executable, "-m", "lacoot.cli", *args, "--out", out],
         cwd=work,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -218,3 +218,22 @@ def test_run_fine_tunes_with_the_penalty_then_collapses_the_checkpoint(lm_work):
     ids = torch.tensor([[4, 5, 6, 7, 8]])
     want = lacoot.collapse(model, ["transformer.h.3"])(input_ids=ids).logits
     torch.testing.assert_close(small(input_ids=ids).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_language_model_training_resumes_after_a_kill_to_the_same_weights(lm_work: Path) -> None:
+    import signal
+
+    from _cli import _assert_same_weights, _start_and_signal
+
+    args = ["train", "--model", "hf:gpt2", "--dataset", "text", "--data-dir", "corpus",
+            "--epochs", "3", "--lam", "0.5", "--target-macs", "1", "--fade", "0", "--lr", "1e-3",
+            "--seq-len", "16", "--no-progress"]  # fmt: skip
+    lacoot_cmd(*args, "--out", "lm-full", cwd=lm_work)
+    proc = _start_and_signal(lm_work, "lm-killed", signal.SIGKILL, args)
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    lacoot_cmd(*args, "--out", "lm-killed", "--resume", cwd=lm_work)
+    full = torch.load(lm_work / "lm-full" / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(lm_work / "lm-killed" / "checkpoint.pt", weights_only=True)
+    assert len(resumed["history"]) == 3
+    _assert_same_weights(full["model"], resumed["model"])
