@@ -153,6 +153,10 @@ def test_run_end_to_end(work: Path) -> None:
     report = json.loads((main / "report.json").read_text())
     assert report["chosen"]["macs"] <= 0.6 * report["full_macs"]
     assert report["seed"] == 0
+    out = lacoot_cmd("export", "main/checkpoint.pt", "--output", "main-export.pt", cwd=work).stdout
+    assert "following main/report.json" in out  # the run's own choice, not a fresh one
+    exported = torch.load(work / "main-export.pt", weights_only=True)
+    assert exported["removed"] == report["chosen"]["removed"]
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,10 @@ def _read(path: Path) -> dict[str, Any]:
 def _made_from(report: dict[str, Any], state: dict[str, Any]) -> bool:
     """Whether ``report`` was made from the checkpoint whose contents are ``state``: the same
     training history (a checkpoint trained on after the report has a longer one)."""
-    return report.get("train_history") == state.get("history")
+    def text(history: Any) -> str:  # compared as JSON: a NaN equals itself there
+        return json.dumps(history, sort_keys=True)
+
+    return text(report.get("train_history")) == text(state.get("history"))
 
 
 def find_report(
