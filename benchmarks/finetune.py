@@ -14,9 +14,10 @@ the headline's
   pretrained model (``--distill-weight``, ``--distill-temperature``).
 
 The three share the schedule (``FINETUNE``: SGD, one-cycle, lr 0.01) and the tools of the
-training-free removal: at the smallest ``k`` within the budget, every order of ``ORDERS`` with
-every repair of ``REPAIRS``, chosen on validation accuracy (LaCoOT's own order, the blocks its
-training faded out, is one more candidate for it). ``scratch``: the headline's same-architecture
+training-free removal: every order of ``ORDERS`` with every repair of ``REPAIRS``, each at the
+fewest blocks that bring the repaired model (a linear repair's patches count) within the budget,
+chosen on validation accuracy (LaCoOT's own order, the blocks its training faded out first, is
+one more candidate for it). ``scratch``: the headline's same-architecture
 net trained from scratch for the full schedule (``docs/results/headline/jobs``), where it exists.
 
 Each (method, E, seed) writes ``OUT/jobs/METHOD-eE-sSEED.json`` and a rerun skips it;
@@ -69,33 +70,40 @@ HALF_POINT = 0.5
 
 
 # ------------------------------------------------------------------------- removal at budget
-def at_budget(model: torch.nn.Module, order: list[str], example: torch.Tensor) -> list[str]:
-    """The fewest first blocks of ``order`` whose removal brings the MACs within the budget."""
+def within_budget(model: torch.nn.Module, order: list[str], how: str, data: Any,
+                  example: torch.Tensor, calib: int,
+                  faded: list[str]) -> tuple[list[str], torch.nn.Module]:  # fmt: skip
+    """The fewest first blocks of ``order`` whose removal, repaired by ``how``, brings the MACs
+    within the budget (a linear repair's patches count), and that repaired model."""
     full = count_macs(model, example)
     for k in range(1, len(order) + 1):
-        if count_macs(remove_blocks(model, order[:k], example), example) <= BUDGET * full:
-            return order[:k]
-    return list(order)
+        if count_macs(remove_blocks(model, order[:k], example), example) > BUDGET * full:
+            continue  # not even the plain removal is within it
+        shallow = repair(model, order[:k], data.val, how, calib, identities=faded).eval()
+        if count_macs(shallow, example) <= BUDGET * full:
+            return order[:k], shallow
+    raise ValueError(f"no removal in order {order} reaches {BUDGET:.0%} of the MACs")
 
 
 def best_removal(model: torch.nn.Module, data: Any, example: torch.Tensor, seed: int,
                  calib: int, extra: dict[str, list[str]] | None = None,
                  faded: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Every order of :data:`ORDERS` (and ``extra``'s named removals) at the budget, with every
-    repair of :data:`REPAIRS`; the one with the best validation accuracy, its test accuracy and
-    every candidate's validation accuracy."""
+    """Every order of :data:`ORDERS` (and ``extra``'s orders) with every repair of
+    :data:`REPAIRS`, each at the fewest blocks within the budget after its repair; the one with
+    the best validation accuracy, and every candidate's validation accuracy."""
     blocks = find_blocks(model, example)
     memo = Memoized(top1_accuracy)
-    removals = dict(extra or {})
-    for order in ORDERS:
-        scores = score_blocks(model, blocks, data.val, criterion=order, seed=seed)
-        removals[order] = at_budget(model, removal_order(blocks, scores), example)
+    orders = dict(extra or {})
+    for name in ORDERS:
+        orders[name] = removal_order(blocks, score_blocks(model, blocks, data.val,
+                                                          criterion=name, seed=seed))  # fmt: skip
     tried = []
-    for name, removed in removals.items():
+    for name, order in orders.items():
         for how in REPAIRS:
-            shallow = repair(model, removed, data.val, how, calib, identities=faded or [])
+            removed, shallow = within_budget(model, order, how, data, example, calib, faded or [])
             tried.append({"order": name, "repair": how, "removed": removed,
-                          "val_accuracy": memo(shallow.eval(), data.val)})  # fmt: skip
+                          "macs": count_macs(shallow, example),
+                          "val_accuracy": memo(shallow, data.val)})  # fmt: skip
     best = max(tried, key=lambda t: t["val_accuracy"])
     return {"chosen": best, "candidates": tried}
 
@@ -138,7 +146,8 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int) -> di
         state = load_checkpoint(ckpt, map_location=dev)
         model, _, _ = model_from_checkpoint(state, ckpt, dev)
         faded = faded_blocks(state)
-        extra = {"faded": list(faded)} if faded else {}
+        rest = [b.name for b in find_blocks(model, example) if b.name not in faded]
+        extra = {"faded": [*faded, *rest]} if faded else {}  # the faded blocks first
         choice = best_removal(model, data, example, seed, args.calib, extra, faded)
         shallow = shallow_of(model, choice["chosen"], data, args.calib, faded)
         history = state["history"]
