@@ -293,3 +293,20 @@ def test_a_base_install_runs_to_its_report_or_names_the_install_line(work: Path)
     (work / "opts.json").write_text('{"epochs": 0}')  # JSON needs no pyyaml: its value is read
     proc = _base_install(work, "train", "--config", "opts.json", "--out", "base2")
     assert proc.returncode == 2 and "--epochs 0; expected an integer > 0" in proc.stderr
+
+
+def test_scoring_on_other_data_than_the_checkpoints_is_said(trained: Path, work: Path) -> None:
+    other = write_idx_dataset(work / "other-data", n_train=224, n_test=64, seed=5)
+    proc = lacoot_cmd("collapse", str(trained), "--blocks", "1", "--data-dir", str(other),
+                      "--repair", "none", "--out", "other-col", "--no-progress",
+                      "--latency-repeats", "2", cwd=work)  # fmt: skip
+    assert (
+        "lacoot: warning:" in proc.stderr and "data differ from those the checkpoint" in proc.stderr
+    )
+    assert "train and test data differ" in proc.stderr
+    md = (work / "other-col" / "report.md").read_text()
+    assert "**Warning: the train and test data differ" in md
+    same = lacoot_cmd("collapse", str(trained), "--blocks", "1", "--repair", "none", "--out",
+                      "same-col", "--no-progress", "--latency-repeats", "2", cwd=work)  # fmt: skip
+    assert "data differ" not in same.stderr
+    assert "Warning: the" not in (work / "same-col" / "report.md").read_text()

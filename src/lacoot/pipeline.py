@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from .init_weights import load_init, weights_mismatch
 from .metrics import Memoized, top1_accuracy
 from .outdir import OutputFolder, command_line
 from .profile import count_macs, recording_latencies
-from .provenance import environment, latency_conditions, load_average
+from .provenance import data_mismatch, environment, latency_conditions, load_average
 from .report_choice import REPORT_PLACES, choice, find_report
 from .subject import Subject
 from .train import train
@@ -256,13 +257,16 @@ def checkpoint_subject(
         return lm_checkpoint_subject(state, str(checkpoint), device, data_dir, val_from, say)
     model, found, spec = model_from_checkpoint(state, checkpoint, device)
     data, calib, spec = calibration_data(spec, device, data_dir, seed, val_from, what)
+    fingerprint = {"checkpoint": state.get("data_fingerprint"), "now": data.fingerprint}
+    mismatch = data_mismatch(fingerprint)
+    if mismatch is not None:
+        warnings.warn(f"{checkpoint}: {mismatch}", RuntimeWarning, stacklevel=2)
     return Subject(
         model=model, blocks=found, calib=calib, test=data.test,
         example=_example(state["image_shape"], device, batch=1), metric=top1_accuracy,
         model_spec=state["model_spec"], data_spec=spec,
         preprocessing=state.get("preprocessing") or data.preprocessing,
-        fingerprint={"checkpoint": state.get("data_fingerprint"), "now": data.fingerprint},
-        source=str(checkpoint), state=state,
+        fingerprint=fingerprint, source=str(checkpoint), state=state,
     )  # fmt: skip
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "latency_conditions",
     "MAX_SPREAD",
     "REPRODUCIBILITY",
+    "data_mismatch",
 ]
 
 MAX_SPREAD = 0.2  # a latency whose repeats spread more than this (IQR / median) is flagged
@@ -106,3 +107,19 @@ def latency_conditions(
         "max_spread": worst, "median_spread": statistics.median(spreads) if spreads else 0.0,
         "under_load": bool(reasons), "reasons": reasons,
     }  # fmt: skip
+
+
+def data_mismatch(fingerprints: dict[str, Any] | None) -> str | None:
+    """What differs between the data a checkpoint was trained and tested on and the data a
+    later command read (``{"checkpoint": {...}, "now": {...}}``, split -> fingerprint, as a
+    report records them), as one sentence; ``None`` when nothing that both record differs."""
+    then = (fingerprints or {}).get("checkpoint") or {}
+    now = (fingerprints or {}).get("now") or {}
+    splits = [s for s in ("train", "test") if s in then and s in now and then[s] != now[s]]
+    if not splits:
+        return None
+    return (
+        f"the {' and '.join(splits)} data differ from those the checkpoint was trained and "
+        f"tested with (fingerprints {', '.join(f'{s} {then[s]} -> {now[s]}' for s in splits)}): "
+        "scores, the choice and the accuracies are of other data than its training's"
+    )

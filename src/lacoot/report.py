@@ -12,6 +12,7 @@ from typing import Any
 
 from ._io import atomic_write_bytes, atomic_write_text
 from .metrics import METRICS, metric_text  # noqa: F401 (metric_text: the CLI's)
+from .provenance import data_mismatch
 
 __all__ = [
     "markdown_table", "write_report", "plot_sweeps", "render_markdown", "save_figure",
@@ -48,6 +49,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: the chosen collapse, the sweep, and the other orders."""
     out = _md_header(report) + _md_chosen(report) + _md_sweep(report) + _md_orders(report)
     out += _md_input(report) + _md_latency(report) + _md_reproducibility(report)
+    mismatch = data_mismatch(report.get("data_fingerprint"))
+    if mismatch is not None:
+        out.insert(1, f"**Warning: {mismatch}.**\n")
     out.append("## Block scores\n")
     names = list(report["scores"])
     rows = [

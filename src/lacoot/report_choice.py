@@ -48,6 +48,7 @@ def _read(path: Path) -> dict[str, Any]:
 def _made_from(report: dict[str, Any], state: dict[str, Any]) -> bool:
     """Whether ``report`` was made from the checkpoint whose contents are ``state``: the same
     training history (a checkpoint trained on after the report has a longer one)."""
+
     def text(history: Any) -> str:  # compared as JSON: a NaN equals itself there
         return json.dumps(history, sort_keys=True)
 
