@@ -7,7 +7,8 @@ the headline's
 
 * ``lacoot``: ``E`` epochs of LaCoOT fine-tune from the pretrained weights (``--init``): the
   penalty aimed at the MACs budget (its targets chosen at the start from the pretrained model,
-  ``target_warmup 0``) and faded out, then removed training-free;
+  ``target_warmup 0``) and faded out, then removed training-free; one run per fade of
+  ``--fades``, the one with the best validation accuracy reported;
 * ``heal``: the best training-free removal of the pretrained model within the budget, then
   ``E`` epochs of plain fine-tuning (cross-entropy);
 * ``kd``: the same removal, then ``E`` epochs of fine-tuning with distillation from the
@@ -48,7 +49,7 @@ from lacoot._io import atomic_write_text  # noqa: E402
 from lacoot.blocks import find_blocks, remove_blocks  # noqa: E402
 from lacoot.checkpoint import faded_blocks, load_checkpoint  # noqa: E402
 from lacoot.collapse import removal_order  # noqa: E402
-from lacoot.config import RunConfig, TrainConfig  # noqa: E402
+from lacoot.config import DEFAULT_FADE, RunConfig, TrainConfig  # noqa: E402
 from lacoot.criteria import score_blocks  # noqa: E402
 from lacoot.device import resolve_device  # noqa: E402
 from lacoot.distill import load_teacher  # noqa: E402
@@ -129,7 +130,14 @@ def run_config(args: argparse.Namespace, seed: int, **values: Any) -> RunConfig:
     return RunConfig.from_dict(base | FINETUNE | values)
 
 
-def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int) -> dict[str, Any]:
+def job_name(method: str, epochs: int, seed: int, fade: float | None = None) -> str:
+    """``METHOD-eE-sSEED``; a LaCoOT fine-tune with another fade than the default names it."""
+    tag = "" if fade is None or fade == DEFAULT_FADE else f"_fade{fade:g}"
+    return f"{method}{tag}-e{epochs}-s{seed}"
+
+
+def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
+            fade: float | None = None) -> dict[str, Any]:  # fmt: skip
     dev = resolve_device(args.device)
     pretrained = args.pretrained.format(seed=seed)
     cfg = run_config(args, seed, epochs=epochs)
@@ -139,8 +147,9 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int) -> di
     full = figures(vanilla, data, example)
     t0 = time.perf_counter()
     if method == "lacoot":
+        out = Path(args.work) / job_name(method, epochs, seed, fade)
         cfg = run_config(args, seed, epochs=epochs, init=pretrained, target_warmup=0,
-                         out=str(Path(args.work) / f"lacoot-e{epochs}-s{seed}"))  # fmt: skip
+                         fade=DEFAULT_FADE if fade is None else fade, out=str(out))  # fmt: skip
         ckpt = train_resumably(cfg)
         trained = time.perf_counter() - t0
         state = load_checkpoint(ckpt, map_location=dev)
@@ -166,6 +175,7 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int) -> di
         trained = time.perf_counter() - t0 - chose
         history, faded = result.history, []
     return {"method": method, "epochs": epochs, "seed": seed, "pretrained": pretrained,
+            "fade": cfg.fade if method == "lacoot" else None,
             "vanilla": full, "chosen": choice["chosen"], "candidates": choice["candidates"],
             "faded": list(faded), **figures(shallow, data, example),
             "full_macs": full["macs"], "train_seconds": trained,
@@ -197,7 +207,23 @@ def scratch_rows(headline_jobs: Path, seeds: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+def choose_variants(results: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """One LaCoOT fine-tune per (E, seed): of its fades, the one whose chosen removal has the
+    best validation accuracy; and every variant's figures (a table of their own)."""
+    lacoot: dict[tuple[int, int], list[dict]] = {}
+    for r in results:
+        if r["method"] == "lacoot":
+            lacoot.setdefault((r["epochs"], r["seed"]), []).append(r)
+    chosen = [max(rs, key=lambda r: r["chosen"]["val_accuracy"]) for rs in lacoot.values()]
+    variants = [{"epochs": r["epochs"], "seed": r["seed"], "fade": r.get("fade", DEFAULT_FADE),
+                 "val_accuracy": r["chosen"]["val_accuracy"], "test_accuracy": r["test_accuracy"],
+                 "chosen": any(r is c for c in chosen)}
+                for rs in lacoot.values() for r in rs]  # fmt: skip
+    return [r for r in results if r["method"] != "lacoot"] + chosen, variants
+
+
 def report(results: list[dict[str, Any]], scratch: list[dict[str, Any]]) -> dict[str, Any]:
+    results, variants = choose_variants(results)
     rows = []
     for m in METHODS:
         for e in sorted({r["epochs"] for r in results}):
@@ -211,10 +237,11 @@ def report(results: list[dict[str, Any]], scratch: list[dict[str, Any]]) -> dict
                              "params": [r["params"] for r in rs],
                              "removed": [r["chosen"]["removed"] for r in rs],
                              "how": [f"{r['chosen']['order']}/{r['chosen']['repair']}"
-                                     for r in rs],
+                                     + (f", fade {r.get('fade', DEFAULT_FADE):g}"
+                                        if m == "lacoot" else "") for r in rs],
                              "train_seconds": _mean([r["train_seconds"] for r in rs])})  # fmt: skip
     vanilla = {r["seed"]: r["vanilla"]["test_accuracy"] for r in results}
-    return {"rows": rows, "vanilla": vanilla, "scratch": scratch,
+    return {"rows": rows, "vanilla": vanilla, "scratch": scratch, "lacoot_variants": variants,
             "targets": targets(results, scratch)}  # fmt: skip
 
 
@@ -279,6 +306,16 @@ def markdown(rep: dict[str, Any], envs: list[dict[str, Any]], command: str) -> s
         lines.append("| same architecture from scratch | - | pending: the headline's "
                      "`scratch_same_arch` job has not run on these seeds "
                      "| | | | | | |")  # fmt: skip
+    lines += [
+        "",
+        "LaCoOT fine-tune variants (the fade; one per E and seed chosen on validation):",
+        "",
+        "| E | seed | fade | val | test | chosen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in sorted(rep["lacoot_variants"], key=lambda v: (v["epochs"], v["seed"], v["fade"])):
+        lines.append(f"| {v['epochs']} | {v['seed']} | {v['fade']:g} | {v['val_accuracy']:.2f} | "
+                     f"{v['test_accuracy']:.2f} | {'yes' if v['chosen'] else ''} |")  # fmt: skip
     t = rep["targets"]
     lines += ["", f"## Targets (E = {t['epochs']}, seeds {t['seeds']})", ""]
     for name in ("within_half_point", "beats_heal", "beats_kd"):
@@ -348,6 +385,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, nargs="+", default=[2, 1, 4])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument(
+        "--fades",
+        type=float,
+        nargs="+",
+        default=[DEFAULT_FADE, 0.9],
+        help="the LaCoOT fine-tune's fades (one chosen per E and seed on validation)",
+    )
     p.add_argument("--distill-weight", type=float, default=0.9)
     p.add_argument("--distill-temperature", type=float, default=4.0)
     p.add_argument("--calib", type=int, default=2048, help="calibration images of a repair")
@@ -375,14 +419,17 @@ def main(argv: list[str] | None = None) -> int:
         jobs.mkdir(parents=True, exist_ok=True)
         for e in args.epochs:
             for s in args.seeds:
-                for m in args.methods:
-                    done = jobs / f"{m}-e{e}-s{s}.json"
+                todo = [(m, f) for m in args.methods
+                        for f in (args.fades if m == "lacoot" else [None])]  # fmt: skip
+                for m, f in todo:
+                    name = job_name(m, e, s, f)
+                    done = jobs / f"{name}.json"
                     if done.is_file() or not Path(args.pretrained.format(seed=s)).is_file():
                         continue
-                    print(f"[{time.strftime('%H:%M:%S')}] {m} E={e} s{s}: start", flush=True)
-                    res = run_job(args, m, e, s)
+                    print(f"[{time.strftime('%H:%M:%S')}] {name}: start", flush=True)
+                    res = run_job(args, m, e, s, f)
                     atomic_write_text(done, json.dumps(res, indent=1) + "\n")
-                    print(f"[{time.strftime('%H:%M:%S')}] {m} E={e} s{s}: test "
+                    print(f"[{time.strftime('%H:%M:%S')}] {name}: test "
                           f"{res['test_accuracy']:.2f}% at {res['macs'] / res['full_macs']:.1%} "
                           f"MACs in {res['seconds']:.0f} s", flush=True)  # fmt: skip
                     write_report(args)

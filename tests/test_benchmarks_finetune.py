@@ -27,7 +27,8 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_finetune_smoke_writes_every_method_within_the_budget(finetuned: Path) -> None:
     jobs = {p.stem: json.loads(p.read_text()) for p in (finetuned / "out/finetune/jobs").glob("*")}
-    assert set(jobs) == {"lacoot-e1-s0", "heal-e1-s0", "kd-e1-s0"}
+    assert set(jobs) == {"lacoot-e1-s0", "lacoot_fade0.9-e1-s0", "heal-e1-s0", "kd-e1-s0"}
+    assert jobs["lacoot_fade0.9-e1-s0"]["fade"] == 0.9 and jobs["lacoot-e1-s0"]["fade"] == 0.6
     for job in jobs.values():
         assert job["macs"] <= 0.55 * job["full_macs"] and job["params"] > 0
         best = max(c["val_accuracy"] for c in job["candidates"])
@@ -43,12 +44,33 @@ def test_finetune_smoke_writes_every_method_within_the_budget(finetuned: Path) -
 def test_finetune_targets_compare_on_the_seeds_every_method_holds() -> None:
     ft = load("finetune")
 
-    def job(m: str, s: int, test: float) -> dict:
+    def job(m: str, s: int, test: float, val: float = 90.0) -> dict:
         return {"method": m, "epochs": 2, "seed": s, "test_accuracy": test, "macs": 50,
-                "full_macs": 100, "vanilla": {"test_accuracy": 93.0}}  # fmt: skip
+                "full_macs": 100, "vanilla": {"test_accuracy": 93.0}, "params": 10,
+                "chosen": {"val_accuracy": val, "order": "o", "repair": "r", "removed": []},
+                "train_seconds": 1.0, "fade": 0.6}  # fmt: skip
 
     results = [job("lacoot", 0, 92.6), job("heal", 0, 92.0), job("kd", 0, 92.8),
                job("lacoot", 1, 92.2)]  # seed 1 has no heal or kd: left out  # fmt: skip
     t = ft.targets(results, [{"seed": 0, "test_accuracy": 92.9}])
     assert t["seeds"] == [0] and t["lacoot"] == 92.6 and t["scratch"] == 92.9
     assert t["within_half_point"] is True and t["beats_heal"] is True and t["beats_kd"] is False
+
+
+def test_finetune_reports_the_lacoot_variant_chosen_on_validation() -> None:
+    ft = load("finetune")
+    base = {"epochs": 2, "seed": 0, "macs": 50, "full_macs": 100, "params": 10,
+            "vanilla": {"test_accuracy": 93.0}, "train_seconds": 1.0}  # fmt: skip
+
+    def job(m: str, fade: float | None, val: float, test: float) -> dict:
+        return base | {"method": m, "fade": fade, "test_accuracy": test,
+                       "chosen": {"val_accuracy": val, "order": "o", "repair": "r",
+                                  "removed": []}}  # fmt: skip
+
+    results = [job("lacoot", 0.6, 91.0, 93.5), job("lacoot", 0.9, 92.0, 92.0),
+               job("heal", None, 91.5, 92.5), job("kd", None, 91.5, 92.1)]  # fmt: skip
+    rep = ft.report(results, [])
+    lac = next(r for r in rep["rows"] if r["method"] == "lacoot")
+    assert lac["test_mean"] == 92.0 and lac["how"] == ["o/r, fade 0.9"]  # validation decides
+    assert rep["targets"]["beats_heal"] is False
+    assert sorted(v["chosen"] for v in rep["lacoot_variants"]) == [False, True]
