@@ -7,8 +7,9 @@ the headline's
 
 * ``lacoot``: ``E`` epochs of LaCoOT fine-tune from the pretrained weights (``--init``): the
   penalty aimed at the MACs budget (its targets chosen at the start from the pretrained model,
-  ``target_warmup 0``) and faded out, then removed training-free; one run per fade of
-  ``--fades``, the one with the best validation accuracy reported;
+  ``target_warmup 0``) and faded out, then removed training-free; one run per variant of
+  ``--variants`` (its fade; with or without distillation from the pretrained model), the one
+  with the best validation accuracy reported;
 * ``heal``: the best training-free removal of the pretrained model within the budget, then
   ``E`` epochs of plain fine-tuning (cross-entropy);
 * ``kd``: the same removal, then ``E`` epochs of fine-tuning with distillation from the
@@ -130,14 +131,26 @@ def run_config(args: argparse.Namespace, seed: int, **values: Any) -> RunConfig:
     return RunConfig.from_dict(base | FINETUNE | values)
 
 
-def job_name(method: str, epochs: int, seed: int, fade: float | None = None) -> str:
-    """``METHOD-eE-sSEED``; a LaCoOT fine-tune with another fade than the default names it."""
-    tag = "" if fade is None or fade == DEFAULT_FADE else f"_fade{fade:g}"
-    return f"{method}{tag}-e{epochs}-s{seed}"
+def variant(text: str | None) -> tuple[float, bool]:
+    """A LaCoOT fine-tune variant of ``--variants``: ``F`` (its fade) or ``F+kd`` (with
+    distillation from the pretrained model); ``None``: the default fade, no distillation."""
+    if text is None:
+        return DEFAULT_FADE, False
+    fade, _, kd = text.partition("+")
+    if kd not in ("", "kd"):
+        raise SystemExit(f"variant {text!r}; expected FADE or FADE+kd, such as 0.9+kd")
+    return float(fade), kd == "kd"
+
+
+def job_name(method: str, epochs: int, seed: int, text: str | None = None) -> str:
+    """``METHOD-eE-sSEED``; a LaCoOT variant other than the default names its fade and ``kd``."""
+    fade, kd = variant(text)
+    tag = "" if fade == DEFAULT_FADE else f"_fade{fade:g}"
+    return f"{method}{tag}{'_kd' if kd else ''}-e{epochs}-s{seed}"
 
 
 def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
-            fade: float | None = None) -> dict[str, Any]:  # fmt: skip
+            text: str | None = None) -> dict[str, Any]:  # fmt: skip
     dev = resolve_device(args.device)
     pretrained = args.pretrained.format(seed=seed)
     cfg = run_config(args, seed, epochs=epochs)
@@ -147,9 +160,12 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
     full = figures(vanilla, data, example)
     t0 = time.perf_counter()
     if method == "lacoot":
-        out = Path(args.work) / job_name(method, epochs, seed, fade)
-        cfg = run_config(args, seed, epochs=epochs, init=pretrained, target_warmup=0,
-                         fade=DEFAULT_FADE if fade is None else fade, out=str(out))  # fmt: skip
+        fade, kd = variant(text)
+        out = Path(args.work) / job_name(method, epochs, seed, text)
+        teach = {"teacher": pretrained, "distill_weight": args.distill_weight,
+                 "distill_temperature": args.distill_temperature} if kd else {}  # fmt: skip
+        cfg = run_config(args, seed, epochs=epochs, init=pretrained, target_warmup=0, fade=fade,
+                         out=str(out), **teach)  # fmt: skip
         ckpt = train_resumably(cfg)
         trained = time.perf_counter() - t0
         state = load_checkpoint(ckpt, map_location=dev)
@@ -176,6 +192,7 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
         history, faded = result.history, []
     return {"method": method, "epochs": epochs, "seed": seed, "pretrained": pretrained,
             "fade": cfg.fade if method == "lacoot" else None,
+            "distill_weight": cfg.distill_weight if method == "lacoot" else None,
             "vanilla": full, "chosen": choice["chosen"], "candidates": choice["candidates"],
             "faded": list(faded), **figures(shallow, data, example),
             "full_macs": full["macs"], "train_seconds": trained,
@@ -208,18 +225,24 @@ def scratch_rows(headline_jobs: Path, seeds: list[int]) -> list[dict[str, Any]]:
 
 
 def choose_variants(results: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
-    """One LaCoOT fine-tune per (E, seed): of its fades, the one whose chosen removal has the
-    best validation accuracy; and every variant's figures (a table of their own)."""
+    """One LaCoOT fine-tune per (E, seed): of its variants (fade, distillation), the one whose
+    chosen removal has the best validation accuracy; and every variant's figures."""
     lacoot: dict[tuple[int, int], list[dict]] = {}
     for r in results:
         if r["method"] == "lacoot":
             lacoot.setdefault((r["epochs"], r["seed"]), []).append(r)
     chosen = [max(rs, key=lambda r: r["chosen"]["val_accuracy"]) for rs in lacoot.values()]
     variants = [{"epochs": r["epochs"], "seed": r["seed"], "fade": r.get("fade", DEFAULT_FADE),
+                 "distill_weight": r.get("distill_weight") or 0.0,
                  "val_accuracy": r["chosen"]["val_accuracy"], "test_accuracy": r["test_accuracy"],
                  "chosen": any(r is c for c in chosen)}
                 for rs in lacoot.values() for r in rs]  # fmt: skip
     return [r for r in results if r["method"] != "lacoot"] + chosen, variants
+
+
+def _variant_text(r: dict[str, Any]) -> str:
+    kd = r.get("distill_weight") or 0.0
+    return f", fade {r.get('fade', DEFAULT_FADE):g}" + (f", distilled (w {kd:g})" if kd else "")
 
 
 def report(results: list[dict[str, Any]], scratch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -237,8 +260,8 @@ def report(results: list[dict[str, Any]], scratch: list[dict[str, Any]]) -> dict
                              "params": [r["params"] for r in rs],
                              "removed": [r["chosen"]["removed"] for r in rs],
                              "how": [f"{r['chosen']['order']}/{r['chosen']['repair']}"
-                                     + (f", fade {r.get('fade', DEFAULT_FADE):g}"
-                                        if m == "lacoot" else "") for r in rs],
+                                     + (_variant_text(r) if m == "lacoot" else "")
+                                     for r in rs],
                              "train_seconds": _mean([r["train_seconds"] for r in rs])})  # fmt: skip
     vanilla = {r["seed"]: r["vanilla"]["test_accuracy"] for r in results}
     return {"rows": rows, "vanilla": vanilla, "scratch": scratch, "lacoot_variants": variants,
@@ -308,13 +331,16 @@ def markdown(rep: dict[str, Any], envs: list[dict[str, Any]], command: str) -> s
                      "| | | | | | |")  # fmt: skip
     lines += [
         "",
-        "LaCoOT fine-tune variants (the fade; one per E and seed chosen on validation):",
+        "LaCoOT fine-tune variants (fade, distillation weight; one per E and seed chosen on "
+        "validation):",
         "",
-        "| E | seed | fade | val | test | chosen |",
-        "|---|---|---|---|---|---|",
+        "| E | seed | fade | distillation | val | test | chosen |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for v in sorted(rep["lacoot_variants"], key=lambda v: (v["epochs"], v["seed"], v["fade"])):
-        lines.append(f"| {v['epochs']} | {v['seed']} | {v['fade']:g} | {v['val_accuracy']:.2f} | "
+    order = lambda v: (v["epochs"], v["seed"], v["fade"], v["distill_weight"])  # noqa: E731
+    for v in sorted(rep["lacoot_variants"], key=order):
+        lines.append(f"| {v['epochs']} | {v['seed']} | {v['fade']:g} | {v['distill_weight']:g} | "
+                     f"{v['val_accuracy']:.2f} | "
                      f"{v['test_accuracy']:.2f} | {'yes' if v['chosen'] else ''} |")  # fmt: skip
     t = rep["targets"]
     lines += ["", f"## Targets (E = {t['epochs']}, seeds {t['seeds']})", ""]
@@ -386,11 +412,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument(
-        "--fades",
-        type=float,
+        "--variants",
         nargs="+",
-        default=[DEFAULT_FADE, 0.9],
-        help="the LaCoOT fine-tune's fades (one chosen per E and seed on validation)",
+        default=["0.6", "0.9", "0.9+kd"],
+        help="the LaCoOT fine-tune's variants: FADE, or FADE+kd (distilled from the pretrained "
+        "model with --distill-weight); one chosen per E and seed on validation",
     )
     p.add_argument("--distill-weight", type=float, default=0.9)
     p.add_argument("--distill-temperature", type=float, default=4.0)
@@ -420,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         for e in args.epochs:
             for s in args.seeds:
                 todo = [(m, f) for m in args.methods
-                        for f in (args.fades if m == "lacoot" else [None])]  # fmt: skip
+                        for f in (args.variants if m == "lacoot" else [None])]  # fmt: skip
                 for m, f in todo:
                     name = job_name(m, e, s, f)
                     done = jobs / f"{name}.json"

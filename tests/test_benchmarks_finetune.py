@@ -27,8 +27,11 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_finetune_smoke_writes_every_method_within_the_budget(finetuned: Path) -> None:
     jobs = {p.stem: json.loads(p.read_text()) for p in (finetuned / "out/finetune/jobs").glob("*")}
-    assert set(jobs) == {"lacoot-e1-s0", "lacoot_fade0.9-e1-s0", "heal-e1-s0", "kd-e1-s0"}
+    assert set(jobs) == {"lacoot-e1-s0", "lacoot_fade0.9-e1-s0", "lacoot_fade0.9_kd-e1-s0",
+                         "heal-e1-s0", "kd-e1-s0"}  # fmt: skip
     assert jobs["lacoot_fade0.9-e1-s0"]["fade"] == 0.9 and jobs["lacoot-e1-s0"]["fade"] == 0.6
+    assert jobs["lacoot_fade0.9_kd-e1-s0"]["distill_weight"] == 0.9
+    assert not jobs["lacoot_fade0.9-e1-s0"]["distill_weight"]
     for job in jobs.values():
         assert job["macs"] <= 0.55 * job["full_macs"] and job["params"] > 0
         best = max(c["val_accuracy"] for c in job["candidates"])
