@@ -306,7 +306,9 @@ def markdown(rep: dict[str, Any], envs: list[dict[str, Any]], command: str) -> s
         f"of each job {sorted({e['load_at_start'] for e in envs})}.",
         f"Budget: at most {BUDGET:.0%} of the MACs. Fine-tune schedule: "
         + ", ".join(f"{k} {v}" for k, v in FINETUNE.items())
-        + ". Removal: the smallest k within the budget, order x repair chosen on validation.",
+        + ". Removal: for each order x repair the fewest blocks within the budget after the "
+        "repair, the pair chosen on validation. `train s`: seconds of training (the removal's "
+        "choice not counted); one CPU thread, another job running beside it.",
         "",
         "Pretrained vanilla test accuracy: "
         + ", ".join(f"seed {s}: {v:.2f}%" for s, v in sorted(rep["vanilla"].items())),
