@@ -24,7 +24,7 @@ def reported(trained: Path, work: Path) -> Path:
     folder.mkdir(exist_ok=True)
     ckpt = folder / "checkpoint.pt"
     shutil.copy(trained, ckpt)
-    lacoot_cmd("collapse", str(ckpt), "--blocks", "3", "--repair", "linear", "--calib-samples",
+    lacoot_cmd("collapse", str(ckpt), "--blocks", "3", "--repair", "bn", "--calib-samples",
                "64", "--compare", "depth", "--no-progress", "--latency-repeats", "2",
                cwd=work)  # fmt: skip
     return ckpt
@@ -42,7 +42,7 @@ def test_export_without_blocks_writes_the_reports_chosen_model(reported: Path, w
     assert "following" in out and "collapse/report.json" in out
     saved = torch.load(target, weights_only=True)
     assert saved["removed"] == report["chosen"]["removed"] and len(saved["removed"]) == 3
-    assert saved["patched"]  # the report's linear repair, not the export's default choice
+    assert saved["patched"] == {}  # the report's repair (bn), not the default (linear)
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():  # the very function of the collapse's own shallow.pt
         want = lacoot.load(reported.parent / "collapse" / "shallow.pt")(x)

@@ -111,11 +111,13 @@ def test_a_faded_budget_run_ends_without_its_targets_and_records_them(tmp_path) 
         assert ref["val_accuracy"] == max(full, ref["faded_val_accuracy"])
 
 
-def test_fade_on_named_blocks_without_a_penalty() -> None:
+def test_fade_on_named_blocks() -> None:
     model, blocks = tiny_model()
-    cfg = TrainConfig(**{**CFG.to_dict(), "lam": 0.0, "penalize": ("layer1.*",), "fade": 0.5})
+    cfg = TrainConfig(**{**CFG.to_dict(), "lam": 0.1, "penalize": ("layer1.*",), "fade": 0.5})
     result = train(model, blocks, tiny_loader(), None, cfg, progress=False)
-    assert result.faded == ["layer1.0", "layer1.1", "layer1.2"] and result.penalized == []
+    assert result.faded == ["layer1.0", "layer1.1", "layer1.2"] == result.penalized
+    with pytest.raises(ValueError, match="lam=0 trains without the penalty"):  # vanilla: no fade
+        TrainConfig(**{**CFG.to_dict(), "lam": 0.0, "penalize": ("layer1.*",), "fade": 0.5})
 
 
 def test_a_compiled_model_does_not_recompile_for_every_blend() -> None:
