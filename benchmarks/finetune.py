@@ -220,7 +220,7 @@ def scratch_rows(headline_jobs: Path, seeds: list[int]) -> list[dict[str, Any]]:
             r = json.loads(f.read_text())
             rows.append({"seed": s, "test_accuracy": r["test_accuracy"], "macs": r["macs"],
                          "params": r["params"], "removed": r["removed"],
-                         "train_seconds": r.get("train_seconds")})  # fmt: skip
+                         "train_seconds": r.get("seconds")})  # fmt: skip
     return rows
 
 
