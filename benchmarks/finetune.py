@@ -87,33 +87,31 @@ def within_budget(model: torch.nn.Module, order: list[str], how: str, data: Any,
     raise ValueError(f"no removal in order {order} reaches {BUDGET:.0%} of the MACs")
 
 
-def best_removal(model: torch.nn.Module, data: Any, example: torch.Tensor, seed: int,
-                 calib: int, extra: dict[str, list[str]] | None = None,
-                 faded: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def best_removal(
+    model: torch.nn.Module, data: Any, example: torch.Tensor, seed: int, calib: int,
+    extra: dict[str, list[str]] | None = None, faded: list[str] | None = None,
+) -> tuple[dict[str, Any], torch.nn.Module]:  # fmt: skip
     """Every order of :data:`ORDERS` (and ``extra``'s orders) with every repair of
-    :data:`REPAIRS`, each at the fewest blocks within the budget after its repair; the one with
-    the best validation accuracy, and every candidate's validation accuracy."""
+    :data:`REPAIRS`, each at the fewest blocks within the budget after its repair: the one with
+    the best validation accuracy and every candidate's validation accuracy, and the repaired
+    model of the best (the first of equals)."""
     blocks = find_blocks(model, example)
     memo = Memoized(top1_accuracy)
     orders = dict(extra or {})
     for name in ORDERS:
         orders[name] = removal_order(blocks, score_blocks(model, blocks, data.val,
                                                           criterion=name, seed=seed))  # fmt: skip
-    tried = []
+    tried, best = [], None
     for name, order in orders.items():
         for how in REPAIRS:
             removed, shallow = within_budget(model, order, how, data, example, calib, faded or [])
             tried.append({"order": name, "repair": how, "removed": removed,
                           "macs": count_macs(shallow, example),
                           "val_accuracy": memo(shallow, data.val)})  # fmt: skip
-    best = max(tried, key=lambda t: t["val_accuracy"])
-    return {"chosen": best, "candidates": tried}
-
-
-def shallow_of(model: torch.nn.Module, chosen: dict[str, Any], data: Any, calib: int,
-               faded: list[str] | None = None) -> torch.nn.Module:  # fmt: skip
-    return repair(model, chosen["removed"], data.val, chosen["repair"], calib,
-                  identities=faded or []).eval()  # fmt: skip
+            if best is None or tried[-1]["val_accuracy"] > best[0]["val_accuracy"]:
+                best = (tried[-1], shallow)
+    assert best is not None
+    return {"chosen": best[0], "candidates": tried}, best[1]
 
 
 def figures(model: torch.nn.Module, data: Any, example: torch.Tensor) -> dict[str, Any]:
@@ -156,7 +154,7 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
     cfg = run_config(args, seed, epochs=epochs)
     data = prepare_data(cfg.data_spec(), dev, seed=seed)
     example = torch.zeros(1, *data.image_shape, device=dev)
-    vanilla, _ = load_teacher(pretrained, dev, data.preprocessing)  # frozen, normalisation checked
+    vanilla, _ = load_teacher(pretrained, dev, data.preprocessing)  # normalisation checked
     full = figures(vanilla, data, example)
     t0 = time.perf_counter()
     if method == "lacoot":
@@ -173,14 +171,10 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
         faded = faded_blocks(state)
         rest = [b.name for b in find_blocks(model, example) if b.name not in faded]
         extra = {"faded": [*faded, *rest]} if faded else {}  # the faded blocks first
-        choice = best_removal(model, data, example, seed, args.calib, extra, faded)
-        shallow = shallow_of(model, choice["chosen"], data, args.calib, faded)
+        choice, shallow = best_removal(model, data, example, seed, args.calib, extra, faded)
         history = state["history"]
     else:
-        choice = best_removal(vanilla, data, example, seed, args.calib)
-        shallow = shallow_of(vanilla, choice["chosen"], data, args.calib)
-        for p in shallow.parameters():  # a copy of the frozen teacher's weights: trained here
-            p.requires_grad_(True)
+        choice, shallow = best_removal(vanilla, data, example, seed, args.calib)
         chose = time.perf_counter() - t0
         kd = {"distill_weight": args.distill_weight, "distill_temperature":
               args.distill_temperature} if method == "kd" else {}  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -129,3 +130,16 @@ def test_the_command_distils_records_the_teacher_and_refuses_a_mismatch(
                      cwd=work, check=2).stderr  # fmt: skip
     assert "expects inputs normalised with mean" in err and "same data" in err
     assert not (work / "kd2").exists() and not (work / "kd3" / "config.json").exists()
+
+
+def test_resuming_with_another_teacher_file_is_a_difference(trained: Path) -> None:
+    from lacoot.pipeline import RunConfig, resume_differences
+
+    state = load_checkpoint(trained)
+    cfg = RunConfig.from_dict(json.loads(state["run_config"]))
+    data = SimpleNamespace(fingerprint=state["data_fingerprint"])
+    same = {"sha256": "a" * 64}
+    assert resume_differences({**state, "teacher": same}, cfg, data, same) == []  # type: ignore[arg-type]
+    diffs = resume_differences({**state, "teacher": same}, cfg, data,  # type: ignore[arg-type]
+                               {"sha256": "b" * 64})  # fmt: skip
+    assert diffs == [f"the teacher None (sha256 {'a' * 12}..., now {'b' * 12}...): another file"]

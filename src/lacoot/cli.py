@@ -234,12 +234,11 @@ EXPORT_OPTIONS = ("criterion", "repair", "calib_samples")  # the collapse option
 def _collapse_config(args: argparse.Namespace, keys: Sequence[str] | None = None) -> Any:
     """The collapse options given (those of ``keys``); a language model's defaults
     (:data:`lacoot.config.LM_DEFAULTS`) in place of the others' where a flag is not given."""
-    from .config import LM_DEFAULTS, CollapseConfig
+    from .config import CollapseConfig
 
     given = _given(args, CollapseConfig)
     if _language_model(args):
-        lm = {k: v for k, v in LM_DEFAULTS.items() if k in CollapseConfig.__dataclass_fields__}
-        given = lm | given
+        given = CollapseConfig.lm_defaults() | given
     return CollapseConfig.from_dict({k: v for k, v in given.items() if keys is None or k in keys})
 
 

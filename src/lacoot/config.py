@@ -486,6 +486,11 @@ class CollapseConfig(Options):
     def has_budget(self) -> bool:
         return any(getattr(self, b) is not None for b in BUDGETS)
 
+    @classmethod
+    def lm_defaults(cls) -> dict[str, Any]:
+        """The collapse options that :data:`LM_DEFAULTS` sets for a language model."""
+        return {k: v for k, v in LM_DEFAULTS.items() if k in cls.__dataclass_fields__}
+
     def or_default_budget(self) -> CollapseConfig:
         """These options, with ``max_drop = DEFAULT_MAX_DROP`` when no budget is given."""
         if self.has_budget:

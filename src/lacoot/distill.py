@@ -50,8 +50,9 @@ def _close(a: Any, b: Any) -> bool:
 def load_teacher(
     path: str | os.PathLike, device: torch.device, preprocessing: dict[str, Any]
 ) -> tuple[nn.Module, dict[str, str]]:
-    """The teacher model of ``path`` on ``device``, in eval mode and frozen, and the record
-    ``{"path", "format", "sha256"}`` of the file. ``preprocessing`` is the input normalisation
+    """The teacher model of ``path`` on ``device``, in eval mode (:func:`lacoot.train.train`
+    freezes the teacher it is given), and the record ``{"path", "format", "sha256"}`` of the
+    file. ``preprocessing`` is the input normalisation
     of the run: a teacher that expects another one is a ``ValueError`` naming both (it would
     see other inputs than it was trained on)."""
     from .blocks import remove_blocks
@@ -83,7 +84,4 @@ def load_teacher(
                 f"this run feeds {key} {preprocessing[key]}; expected a teacher trained on the "
                 "same data and splits"
             )
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, {"path": str(path), "format": kind, "sha256": file_sha256(path)}
+    return model.to(device).eval(), {"path": str(path), "format": kind, "sha256": file_sha256(path)}

@@ -344,9 +344,12 @@ def recorded_options(out: str | os.PathLike) -> dict[str, Any]:
     return RunConfig.from_saved(json.loads(saved)).to_dict()
 
 
-def resume_differences(state: dict[str, Any], cfg: RunConfig, data: Data) -> list[str]:
+def resume_differences(
+    state: dict[str, Any], cfg: RunConfig, data: Data, teacher: dict[str, str] | None = None
+) -> list[str]:
     """Every way the run ``cfg`` on ``data`` differs from the checkpoint ``state``: options
-    (``name=then (now now)``, all but :data:`RESUME_FREE`) and the data (fingerprints)."""
+    (``name=then (now now)``, all but :data:`RESUME_FREE`), the data (fingerprints) and the
+    teacher file (``teacher``: the record of the one this run loaded, its SHA-256)."""
     from .config import TrainConfig
 
     saved = state.get("run_config")
@@ -363,28 +366,23 @@ def resume_differences(state: dict[str, Any], cfg: RunConfig, data: Data) -> lis
             f"the training data (fingerprint {recorded}, now {data.fingerprint['train']} in "
             f"data_dir={cfg.data_dir!r}): other images"
         )
-    then_teacher, now_teacher = state.get("teacher"), _teacher_record(cfg)
-    if then_teacher and now_teacher and then_teacher["sha256"] != now_teacher["sha256"]:
+    then_teacher = state.get("teacher")
+    if then_teacher and teacher and then_teacher["sha256"] != teacher["sha256"]:
         diffs.append(f"the teacher {cfg.teacher!r} (sha256 {then_teacher['sha256'][:12]}..., now "
-                     f"{now_teacher['sha256'][:12]}...): another file")  # fmt: skip
+                     f"{teacher['sha256'][:12]}...): another file")  # fmt: skip
     return diffs
 
 
-def _teacher_record(cfg: RunConfig) -> dict[str, str] | None:
-    from .init_weights import file_sha256
-
-    if cfg.teacher is None or not Path(cfg.teacher).is_file():
-        return None
-    return {"path": cfg.teacher, "sha256": file_sha256(cfg.teacher)}
-
-
-def _guard_resume(out: Path, cfg: RunConfig, data: Data, model_spec: dict[str, Any]) -> None:
+def _guard_resume(
+    out: Path, cfg: RunConfig, data: Data, model_spec: dict[str, Any],
+    teacher: dict[str, str] | None,
+) -> None:  # fmt: skip
     """Refuse to resume ``out``'s checkpoint as another run, listing every difference."""
     ckpt = out / "checkpoint.pt"
     if not ckpt.is_file():
         raise CheckpointError(f"cannot resume: no checkpoint at {ckpt}; start without --resume")
     state = load_checkpoint(ckpt)
-    diffs = resume_differences(state, cfg, data)
+    diffs = resume_differences(state, cfg, data, teacher)
     if state.get("model_spec") not in (None, model_spec) and state.get("run_config") is None:
         diffs.append(f"model {state.get('model_spec')} (now {model_spec})")
     if diffs:
@@ -508,7 +506,7 @@ def _train_in(
     _check_targets(cfg, blocks)
     teacher, taught = _load_teacher(cfg, device, data)
     if resume:
-        _on_rank0(lambda: _guard_resume(out, cfg, data, model_spec))
+        _on_rank0(lambda: _guard_resume(out, cfg, data, model_spec, taught))
     elif folder is not None:
         if overwrite:
             folder.clear_previous(RUN_OUTPUTS, whole=True)
@@ -879,8 +877,7 @@ def _default_options(sub: Subject) -> CollapseConfig:
     (:data:`lacoot.config.LM_DEFAULTS`) where they differ."""
     if not sub.language_model:
         return CollapseConfig()
-    lm = {k: v for k, v in LM_DEFAULTS.items() if k in CollapseConfig.__dataclass_fields__}
-    return CollapseConfig.from_dict(lm)
+    return CollapseConfig.from_dict(CollapseConfig.lm_defaults())
 
 
 def _repaired_shallow(sub: Subject, removed: list[str], opts: CollapseConfig) -> nn.Module:
