@@ -113,3 +113,32 @@ def test_greedy_order_removes_the_least_harmful_block_first() -> None:
     assert order[0] == "2"
     with pytest.raises(ValueError, match="repair='nope'"):
         lacoot.score_blocks(model, blocks, loader, criterion="greedy", repair="nope")
+
+
+def test_greedy_max_steps_stops_the_search_and_keeps_its_first_removals() -> None:
+    """``max_steps = s`` costs ``s N - s (s - 1) / 2`` evaluations (counted), its first ``s``
+    removals are those of the full search, and the rest follow the last step's evaluations."""
+    torch.manual_seed(0)
+    model = residual_mlp(units=5)
+    loader = _data(64)
+    blocks = lacoot.find_blocks(model, loader[0][0][:2])
+    calls: list[float] = []
+
+    def counted(m, data) -> float:
+        calls.append(lacoot.metrics.top1_accuracy(m, data))
+        return calls[-1]
+
+    full = lacoot.removal_order(blocks, lacoot.score_blocks(
+        model, blocks, loader, criterion="greedy", repair="none", evaluate=counted))  # fmt: skip
+    assert len(calls) == 5 * 6 // 2 - 1
+    calls.clear()
+    scores = lacoot.score_blocks(model, blocks, loader, criterion="greedy", repair="none",
+                                 evaluate=counted, max_steps=2)  # fmt: skip
+    assert len(calls) == 2 * 5 - 1
+    order = lacoot.removal_order(blocks, scores)
+    assert order[:2] == full[:2] and sorted(order) == sorted(full)
+    last = dict(zip([b.name for b in sorted(blocks, key=lambda b: -b.order) if b.name != order[0]],
+                    calls[5:], strict=True))  # the second step's evaluations, by block
+    assert [last[n] for n in order[1:]] == sorted(last.values(), reverse=True)
+    with pytest.raises(ValueError, match="max_steps=0"):
+        lacoot.score_blocks(model, blocks, loader, criterion="greedy", max_steps=0)

@@ -145,3 +145,15 @@ def test_optimized_torchscript_export_computes_the_collapsed_model(
     with pytest.raises(ValueError, match="optimize=True for format='onnx'; expected format "):
         lacoot.export.export_model(shallow, work / "x.onnx", "onnx", x[:1], {}, [],
                                    optimize=True)  # fmt: skip
+
+
+def test_export_refuses_existing_output_before_loading(tmp_path: Path) -> None:
+    """An existing ``--output`` is refused before the checkpoint and its data are loaded (the
+    checkpoint here does not even exist), and is left as it was."""
+    from lacoot.pipeline import run_export
+
+    target = tmp_path / "shallow.pt"
+    target.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        run_export(tmp_path / "missing-checkpoint.pt", target, blocks=1)
+    assert target.read_bytes() == b"keep"

@@ -11,8 +11,9 @@
   Ineffectiveness of the Deeper Layers").
 * ``greedy``: the iterative calibration-driven removal of SLEB and BlockPruner: at each step the
   block whose removal (with the chosen repair) keeps the highest calibration accuracy goes next.
-  Costs ``N (N + 1) / 2 - 1`` repairs and evaluations of the calibration split for ``N`` blocks.
-  Its scores are removal positions (0 = first).
+  Costs ``N (N + 1) / 2 - 1`` repairs and evaluations of the calibration split for ``N`` blocks;
+  ``max_steps = s`` stops after ``s`` steps (``s N - s (s - 1) / 2`` evaluations) and orders the
+  rest by the last step's evaluations. Its scores are removal positions (0 = first).
 * ``random``: a seeded random order.
 * ``depth``: deepest block first.
 
@@ -25,6 +26,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +50,10 @@ __all__ = [
 BatchScore = Callable[[Tensor, Tensor, int], Tensor]
 StaticScore = Callable[[Sequence[Block], int], dict[str, float]]
 # (model, blocks, calibration loader, repair, calibration samples, progress, evaluate=...,
-# [identities=...]) -> scores; ``evaluate`` (keyword) is the evaluation function a candidate is
-# judged by, ``identities`` (keyword, passed only when not empty) the blocks the training already
-# replaced by the identity, for the repair
+# [identities=...], [max_steps=...]) -> scores; ``evaluate`` (keyword) is the evaluation function a
+# candidate is judged by, ``identities`` (keyword, passed only when not empty) the blocks the
+# training already replaced by the identity, for the repair, ``max_steps`` (keyword, passed only
+# when given) the removals after which a search may stop
 ModelScore = Callable[..., dict[str, float]]
 
 
@@ -177,13 +180,16 @@ def _greedy(
     progress: Callable[[str], None] | None = None,
     evaluate: Metric | None = None,
     identities: Sequence[str] = (),
+    max_steps: int | None = None,
 ) -> dict[str, float]:
     from .repair import repair as repair_model
 
     evaluate = evaluate if evaluate is not None else top1_accuracy
     removed: list[str] = []
     remaining = sorted(blocks, key=lambda b: -b.order)  # ties go to the deeper block
-    while len(remaining) > 1:
+    steps = len(blocks) - 1 if max_steps is None else min(max_steps, len(blocks) - 1)
+    accuracy: dict[str, float] = {}
+    while len(removed) < steps:
         accuracy = {
             b.name: evaluate(
                 repair_model(
@@ -198,6 +204,9 @@ def _greedy(
         remaining.remove(best)
         if progress is not None:
             progress(f"greedy step {len(removed)}: {best.name} ({accuracy[best.name]:.4g})")
+    # after the last step, the rest in the order of that step's evaluations (each block's
+    # removal judged next to those removed before it); a single block needs no evaluation
+    remaining.sort(key=lambda b: -accuracy.get(b.name, 0.0))
     removed += [b.name for b in remaining]
     return {name: float(i) for i, name in enumerate(removed)}
 
@@ -226,6 +235,7 @@ def score_blocks(
     progress: Callable[[str], None] | None = None,
     evaluate: Metric | None = None,
     identities: Sequence[str] = (),
+    max_steps: int | None = None,
 ) -> dict[str, float]:
     """Score every block; lower scores are removed first.
 
@@ -277,7 +287,11 @@ def score_blocks(
         from .repair import check_repair
 
         check_repair(repair)
-        extra = {"identities": list(identities)} if identities else {}
+        extra: dict[str, Any] = {"identities": list(identities)} if identities else {}
+        if max_steps is not None:
+            if not (isinstance(max_steps, int) and max_steps >= 1):
+                raise ValueError(f"max_steps={max_steps!r}; expected an integer >= 1")
+            extra["max_steps"] = max_steps
         return crit.model_score(
             model, blocks, loader, repair, calib_samples, progress, evaluate=evaluate, **extra
         )

@@ -105,11 +105,13 @@ class _Accumulator:
         self.xty = xty if self.xty is None else self.xty + xty
 
     def solve(self, ridge: float) -> Tensor:
+        """``T`` minimising ``|X T - Y|^2 + lam |T - I|^2``, ``lam = ridge * trace(X^T X) / D``:
+        the ridge pulls the map towards the identity (the layers removed without a map)."""
         assert self.xtx is not None and self.xty is not None
         d = self.xtx.shape[0]
+        lam = ridge * self.xtx.trace() / d
         eye = torch.eye(d, dtype=self.xtx.dtype, device=self.xtx.device)
-        a = self.xtx + ridge * self.xtx.trace() / d * eye
-        return torch.linalg.lstsq(a, self.xty).solution
+        return torch.linalg.lstsq(self.xtx + lam * eye, self.xty + lam * eye).solution
 
 
 def _capture(model: nn.Module, names: dict[str, str], x: Any, skip: Sequence[str] = (),
@@ -176,7 +178,9 @@ def fused_linear(
     n_samples : int
         Calibration sequences.
     ridge : float
-        Relative ridge on ``M^T M`` (``ridge * trace / D`` on the diagonal).
+        Relative ridge ``>= 0`` pulling each map towards the identity (``ridge * trace(M^T M) / D``
+        on the diagonal): ``0`` is plain least squares, a large ridge removes the layers without a
+        map. Out-of-domain text favours a larger ridge than the calibration text does.
     example_input : optional
         Passed to :func:`lacoot.blocks.remove_blocks` to check the removal.
 

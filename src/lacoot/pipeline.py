@@ -777,8 +777,6 @@ def _check_export_target(
 ) -> None:
     """The format fits the model, and the exported file (a folder for ``hf``) and its sidecar
     are never the checkpoint, nor (without ``overwrite``) something that exists."""
-    from .export import sidecar_path
-
     model = getattr(checkpoint, "model", None)
     what = f"--model {model!r}" if model is not None else repr(str(checkpoint))
     if lm and fmt not in LM_FORMATS:
@@ -787,11 +785,19 @@ def _check_export_target(
     if not lm and fmt == "hf":
         raise ValueError(f"--format hf writes a Hugging Face model; {what} is a lacoot "
                          "checkpoint: expected --format pt, torchscript or onnx")  # fmt: skip
-    if output.is_dir() and fmt != "hf":
-        raise ValueError(f"--output {str(output)!r} is a folder; expected a file name")
     if not lm and _same_file(output, checkpoint):
         raise ValueError(f"--output {str(output)!r} is the checkpoint itself; expected another "
                          "file name (the checkpoint is never replaced)")  # fmt: skip
+    _check_free(output, fmt, overwrite)
+
+
+def _check_free(output: Path, fmt: str, overwrite: bool) -> None:
+    """Checked before anything is loaded: the exported file (a folder for ``hf``) and its
+    sidecar do not exist (without ``overwrite``)."""
+    from .export import sidecar_path
+
+    if output.is_dir() and fmt != "hf":
+        raise ValueError(f"--output {str(output)!r} is a folder; expected a file name")
     for path in (output, sidecar_path(output)):
         if path.exists() and not overwrite:
             raise FileExistsError(f"{str(path)!r} already exists; pass --overwrite to replace it")
@@ -837,6 +843,7 @@ def run_export(
     parameters and latency of the exported model included) with ``report``: the report followed
     (or ``None``) and ``k``."""
     output = Path(output)
+    _check_free(output, fmt, overwrite)
     say = _announcer(progress)
     sub = load_subject(checkpoint, resolve_device(device), data_dir, seed, val_from,
                        "the export", say)  # fmt: skip
