@@ -137,8 +137,13 @@ def test_greedy_max_steps_stops_the_search_and_keeps_its_first_removals() -> Non
     assert len(calls) == 2 * 5 - 1
     order = lacoot.removal_order(blocks, scores)
     assert order[:2] == full[:2] and sorted(order) == sorted(full)
-    last = dict(zip([b.name for b in sorted(blocks, key=lambda b: -b.order) if b.name != order[0]],
-                    calls[5:], strict=True))  # the second step's evaluations, by block
+    last = dict(
+        zip(
+            [b.name for b in sorted(blocks, key=lambda b: -b.order) if b.name != order[0]],
+            calls[5:],
+            strict=True,
+        )
+    )  # the second step's evaluations, by block
     assert [last[n] for n in order[1:]] == sorted(last.values(), reverse=True)
     with pytest.raises(ValueError, match="max_steps=0"):
         lacoot.score_blocks(model, blocks, loader, criterion="greedy", max_steps=0)
