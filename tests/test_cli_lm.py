@@ -237,3 +237,38 @@ def test_language_model_training_resumes_after_a_kill_to_the_same_weights(lm_wor
     resumed = torch.load(lm_work / "lm-killed" / "checkpoint.pt", weights_only=True)
     assert len(resumed["history"]) == 3
     _assert_same_weights(full["model"], resumed["model"])
+
+
+def test_language_model_trains_under_torchrun_as_in_one_process(lm_work: Path) -> None:
+    """Two processes (each half of every global batch, gradients averaged by DDP) train a
+    language model to the weights one process reaches on the same global batches, penalty
+    included (``--global-msw``: the penalty of the whole batch); the checkpoint records both."""
+    import os
+
+    args = ["train", "--model", "hf:llama", "--dataset", "text", "--data-dir", "corpus",
+            "--epochs", "2", "--lam", "0.5", "--target-macs", "1", "--fade", "0", "--lr", "1e-3",
+            "--batch-size", "8", "--seq-len", "16", "--no-progress", "--global-msw"]  # fmt: skip
+    lacoot_cmd(*args, "--out", "lm-one", cwd=lm_work)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "lacoot", *args, "--out", "lm-two"],
+        cwd=lm_work, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one = torch.load(lm_work / "lm-one" / "checkpoint.pt", weights_only=True)
+    two = torch.load(lm_work / "lm-two" / "checkpoint.pt", weights_only=True)
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    start, _ = _load(lm_work / "llama")
+    moved = 0.0
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        moved = max(moved, float((value - start.state_dict()[key]).abs().max()))
+    assert moved > 1e-3  # it trained
+    assert [r["epoch"] for r in two["history"]] == [1, 2]
+    odd = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "lacoot", *args[:-4], "--batch-size", "7", "--no-progress", "--out", "lm-odd"],
+        cwd=lm_work, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert odd.returncode != 0 and "7 is not divisible by the 2 processes" in odd.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _lm import write_corpus
 
-from lacoot.data import DatasetError, DatasetNotFoundError
+from lacoot.data import DatasetError, DatasetNotFoundError, epoch_generator
 from lacoot.data.text import (
     TextLoader,
     chunk_tokens,
@@ -122,3 +122,24 @@ def test_load_text_too_short_says_how_many_tokens(tmp_path):
     (tmp_path / "a.txt").write_text("abc")
     with pytest.raises(DatasetError, match=r"has 3 tokens: 0 chunks of seq_len=8"):
         load_text(tmp_path, CharTokenizer(), 8, 0.0, 0.1, seed=0)
+
+
+def test_ranks_shard_each_global_batch_disjointly():
+    """Two ranks with half the batch: together, batch by batch, exactly one process's batches
+    (41 chunks: one left out per epoch so that the shards are equal)."""
+    chunks = torch.arange(41 * 3).reshape(41, 3)
+    ranks = [TextLoader(chunks, 4, shuffle=True, seed=2, drop_last=True, rank=r, world_size=2)
+             for r in (0, 1)]  # fmt: skip
+    for loader in ranks:
+        loader.set_epoch(3)
+    assert [r.n for r in ranks] == [20, 20] and len(ranks[0]) == len(ranks[1]) == 5
+    together = []
+    for a, b in zip(*ranks, strict=True):
+        ta, tb = a[1][:, 0], b[1][:, 0]
+        assert not set(ta.tolist()) & set(tb.tolist())  # disjoint halves
+        together.append(sorted(ta.tolist() + tb.tolist()))
+    perm = torch.randperm(41, generator=epoch_generator(2, 3))[:40]
+    want = [sorted(chunks[perm[i : i + 8], 1].tolist()) for i in range(0, 40, 8)]
+    assert together == want
+    with pytest.raises(ValueError, match="rank=2, world_size=2"):
+        TextLoader(chunks, 4, rank=2, world_size=2)

@@ -32,3 +32,6 @@ def test_gpu_check_cpu_fallback_writes_its_json(tmp_path: Path) -> None:
         assert eager["rows"][0]["k"] == 0 and eager["rows"][-1]["macs_ratio"] < 0.5
         ort = result["latency"][name]["onnxruntime"]
         assert isinstance(ort, str) or (ort["macs_ratio"] <= 0.47 and ort["8"]["speedup"] > 0)
+    lm = result["language_model"]
+    assert isinstance(lm, str) or (len(lm["removed"]) == 2 and lm["speedup"] > 0
+                                   and lm["devices"] == ["cpu"])  # fmt: skip

@@ -241,16 +241,20 @@ def _flatten_logits(module: nn.Module, args: Any, output: Any) -> Tensor:
     return logits_of(output).flatten(0, 1)  # (B, T, V) -> (B * T, V)
 
 
-def lm_training(cfg: RunConfig, device: torch.device, world_size: int,
+def lm_training(cfg: RunConfig, device: torch.device, rank: int, world_size: int,
                 say: Callable[[str], None]) -> LMTraining:  # fmt: skip
     """The language model of ``cfg.model`` (started from ``cfg.init`` when given) and its text
-    corpus split into train, validation and test, ready for :func:`lacoot.train.train`."""
+    corpus split into train, validation and test, ready for :func:`lacoot.train.train`. Under
+    ``torchrun`` the training loader yields rank ``rank``'s shard of each global batch of
+    ``cfg.batch_size`` sequences; validation and test are whole on every rank."""
     from .data.text import TextLoader, load_text
     from .init_weights import load_init
     from .model_source import load_hf
 
-    if world_size > 1:
-        raise ValueError(f"--model {cfg.model!r} trains in one process; start it without torchrun")
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world_size} "
+                         "processes; the batch size is the global batch, split evenly over the "
+                         "processes")  # fmt: skip
     Brought(cfg.model, cfg.data_dir, cfg.dataset).check()
     say(f"loading {cfg.model} (float32)")
     model, tokenizer = load_hf(cfg.model)
@@ -264,8 +268,9 @@ def lm_training(cfg: RunConfig, device: torch.device, world_size: int,
                          f"({len(splits.train)} sequences); expected at most that")  # fmt: skip
     loaders = [TextLoader(chunks, cfg.batch_size, device=device, flat_targets=True)
                for chunks in (splits.val, splits.test)]  # fmt: skip
-    train = TextLoader(splits.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
-                       device=device, flat_targets=True)  # fmt: skip
+    train = TextLoader(splits.train, cfg.batch_size // world_size, shuffle=True, seed=cfg.seed,
+                       drop_last=True, device=device, flat_targets=True, rank=rank,
+                       world_size=world_size)  # fmt: skip
     blocks = find_blocks(model, first_samples(next(iter(loaders[1]))[0], 2))
     spec = {"name": cfg.model, "library": "transformers", "architecture": type(model).__name__,
             "layers": getattr(model.config, "num_hidden_layers", None)}  # fmt: skip

@@ -423,7 +423,7 @@ def _lm_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
     loss and accuracy are per token (:func:`lacoot.lm.lm_training`)."""
     from .lm import lm_training
 
-    job = lm_training(cfg, device, where.world_size, _announcer(cfg.progress))
+    job = lm_training(cfg, device, where.rank, where.world_size, _announcer(cfg.progress))
     vocab = job.model.get_input_embeddings().num_embeddings
     fingerprint = {"train": job.fingerprint, "test": job.fingerprint}  # one corpus, split
     data = Data(train=job.train, val=job.val, test=job.test, num_classes=vocab,

@@ -124,19 +124,30 @@ class TextLoader:
     ``device``; every token is real (the mask is all ones). Shuffled with ``shuffle`` (a seeded
     permutation per epoch: call :meth:`set_epoch`), the last short batch dropped with
     ``drop_last``. ``flat_targets`` yields the targets as ``(B * T,)``, for a model whose
-    logits are flattened to ``(B * T, V)`` (a classification loss per token). ``n`` is the
-    number of sequences."""
+    logits are flattened to ``(B * T, V)`` (a classification loss per token).
+
+    With ``world_size > 1`` the loader yields rank ``rank``'s shard, as the image loaders do:
+    positions ``rank, rank + world_size, ...`` of the epoch's permutation (the same on every rank)
+    cut to a multiple of ``world_size``; ``batch_size`` is then the per-rank batch, and the
+    ranks' batches together are one process's batches of ``batch_size * world_size`` chunks,
+    in the same order (up to ``world_size - 1`` chunks left out per epoch). ``n`` is the number
+    of sequences this loader yields per epoch (before ``drop_last``)."""
 
     def __init__(
         self, chunks: Tensor, batch_size: int, *, shuffle: bool = False, seed: int = 0,
         drop_last: bool = False, device: str | torch.device = "cpu", flat_targets: bool = False,
+        rank: int = 0, world_size: int = 1,
     ) -> None:  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}; expected an integer >= 1")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank!r}, world_size={world_size!r}; expected "
+                             "0 <= rank < world_size")  # fmt: skip
         self.chunks = chunks.to(device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.epoch, self.start_batch = drop_last, 0, 0
-        self.n, self.flat_targets = int(chunks.shape[0]), flat_targets
+        self.rank, self.world_size = rank, world_size
+        self.n, self.flat_targets = int(chunks.shape[0]) // world_size, flat_targets
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Use epoch ``epoch``'s order, starting at its batch ``start_batch``."""
@@ -147,9 +158,11 @@ class TextLoader:
         return full + (rest > 0 and not self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
-        order = torch.arange(self.n)
+        total = int(self.chunks.shape[0])
+        order = torch.arange(total)
         if self.shuffle:
-            order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
+            order = torch.randperm(total, generator=epoch_generator(self.seed, self.epoch))
+        order = order[: self.n * self.world_size][self.rank :: self.world_size]
         for b in range(self.start_batch, len(self)):
             rows = self.chunks[order[b * self.batch_size : (b + 1) * self.batch_size].to(
                 self.chunks.device)]  # fmt: skip
