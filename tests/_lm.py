@@ -69,3 +69,54 @@ def save_tiny_lm(folder: Path, arch: str = "llama", layers: int = 4, seed: int =
     model.eval().save_pretrained(folder)
     tokenizer().save_pretrained(folder)
     return folder
+
+
+def write_tiny_gguf(path: Path, layers: int = 3, seed: int = 0) -> Path:
+    """A random tiny Llama written as a float32 GGUF file with a character-level tokenizer
+    (``▁`` and a-z, ``.``): what ``--model hf:FILE.gguf`` tests load (``gguf`` package)."""
+    import gguf
+    import numpy as np
+    import torch
+
+    vocab, width, ffn, heads, kv = 64, 32, 64, 4, 2
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(width)
+    writer.add_feed_forward_length(ffn)
+    writer.add_block_count(layers)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    tokens = ["<unk>", "<s>", "</s>", "\u2581", *"abcdefghijklmnopqrstuvwxyz."]
+    tokens += [f"<x{i}>" for i in range(vocab - len(tokens))]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * vocab)
+    writer.add_token_types([2, 3, 3] + [1] * (vocab - 3))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> np.ndarray:
+        return (torch.randn(*shape, generator=g) * 0.1).numpy().astype(np.float32)
+
+    ones = np.ones(width, np.float32)
+    writer.add_tensor("token_embd.weight", rand(vocab, width))
+    writer.add_tensor("output_norm.weight", ones)
+    writer.add_tensor("output.weight", rand(vocab, width))
+    head = width // heads
+    for i in range(layers):
+        for name, shape in (("attn_q", (width, width)), ("attn_k", (kv * head, width)),
+                            ("attn_v", (kv * head, width)), ("attn_output", (width, width)),
+                            ("ffn_gate", (ffn, width)), ("ffn_up", (ffn, width)),
+                            ("ffn_down", (width, ffn))):  # fmt: skip
+            writer.add_tensor(f"blk.{i}.{name}.weight", rand(*shape))
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", ones)
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -272,3 +272,33 @@ def test_language_model_trains_under_torchrun_as_in_one_process(lm_work: Path) -
         cwd=lm_work, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert odd.returncode != 0 and "7 is not divisible by the 2 processes" in odd.stderr
+
+
+def test_collapse_of_a_gguf_file_saves_a_folder_that_reloads_as_the_layers_deleted_by_hand(
+    lm_work: Path,
+) -> None:
+    """``--model hf:FILE.gguf``: loaded (dequantised), scored, collapsed; the saved folder loads
+    in plain ``transformers`` and computes the GGUF model with the chosen layer deleted by hand
+    (the layer list cut, the config's count set)."""
+    pytest.importorskip("gguf")
+    from _lm import write_tiny_gguf
+
+    from lacoot.integrations.hf import from_gguf
+
+    write_tiny_gguf(lm_work / "tiny.gguf")
+    lacoot_cmd("collapse", "--model", "hf:tiny.gguf", "--dataset", "text", "--data-dir",
+               "corpus", "--blocks", "1", "--repair", "none", "--out", "gg", *SMALL,
+               cwd=lm_work)  # fmt: skip
+    removed = json.loads((lm_work / "gg" / "report.json").read_text())["chosen"]["removed"]
+    assert len(removed) == 1 and removed[0].startswith("model.layers.")
+    saved, _ = _load(lm_work / "gg" / "shallow")
+    model, tok = from_gguf(lm_work / "tiny.gguf")
+    gone = int(removed[0].rsplit(".", 1)[1])
+    model.model.layers = torch.nn.ModuleList(
+        [m for i, m in enumerate(model.model.layers) if i != gone]
+    )
+    model.config.num_hidden_layers = 2
+    ids = torch.tensor([tok("the cat sat on a mat .")["input_ids"]])
+    assert saved.config.num_hidden_layers == 2
+    torch.testing.assert_close(saved(input_ids=ids).logits, model(input_ids=ids,
+                               use_cache=False).logits, rtol=1e-5, atol=1e-5)  # fmt: skip
