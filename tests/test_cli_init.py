@@ -111,3 +111,43 @@ def test_torchvision_that_cannot_be_imported_is_one_line(work):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lacoot: error: --model 'torchvision:resnet18'")
     assert "pip install torchvision" in lines[0] or "3-channel images" in lines[0]
+
+
+def test_train_from_a_collapsed_model_keeps_its_architecture(in_work, trained, capsys):
+    """``--init shallow.pt`` (a collapsed model file, linear patches included) trains the
+    collapsed architecture (heal; with ``--teacher``, distillation), and that checkpoint scores,
+    collapses further and exports like any other: the exported file computes the trained shallow
+    model without the block removed by hand."""
+    from _cli import NARROW
+
+    import lacoot
+    from lacoot.pipeline import model_from_checkpoint
+
+    common = ["--no-progress", "--batch-size", "32", *NARROW]
+    assert cli.main(["export", str(trained), "--blocks", "layer1.1,layer3.2", "--repair",
+                     "linear", "--report", "none", "--output", "shallow.pt"]) == 0  # fmt: skip
+    shallow = lacoot.load(in_work / "shallow.pt")
+    code = cli.main(["train", "--init", "shallow.pt", "--epochs", "1", "--lr", "1e-9", "--lam",
+                     "0", "--teacher", str(trained), "--distill-weight", "0.9", "--out", "heal",
+                     *common])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    state = load_checkpoint(in_work / "heal" / "checkpoint.pt")
+    assert [s["removed"] for s in state["model_spec"]["shallow"]] == [["layer1.1", "layer3.2"]]
+    model, blocks, _ = model_from_checkpoint(state, "heal", torch.device("cpu"))
+    params = dict(shallow.named_parameters())
+    assert [n for n, _ in model.named_parameters()] == list(params)  # the same architecture
+    for name, p in model.named_parameters():  # lr 1e-9: where it started
+        torch.testing.assert_close(p, params[name], rtol=0, atol=1e-6)
+    assert not {"layer1.1", "layer3.2"} & {b.name for b in blocks}  # stand-ins are no blocks
+    gone = blocks[0].name
+    assert cli.main(["export", "heal/checkpoint.pt", "--blocks", gone, "--repair", "none",
+                     "--report", "none", "--output", "again.pt"]) == 0  # fmt: skip
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        want = lacoot.remove_blocks(model, [gone]).eval()(x)
+        torch.testing.assert_close(lacoot.load(in_work / "again.pt")(x), want)
+    code = cli.main(["train", "--model", "resnet56", "--init", "shallow.pt", "--epochs", "1",
+                     "--out", "other", *common])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "is a collapsed {'name': 'resnet20'" in err and "'name': 'resnet56'" in err

@@ -35,6 +35,31 @@ MODULE_FORMATS = ("pt", "torchscript", "onnx")  # what export_model writes
 FORMATS = (*MODULE_FORMATS, "hf")  # hf: a Hugging Face model's save_pretrained folder (lacoot.lm)
 
 
+def _collapse_of(
+    model: nn.Module, spec: dict[str, Any], removed: Sequence[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """How ``removed`` left ``model`` (the collapse of a fresh ``spec`` model, its own earlier
+    collapses ``spec["shallow"]`` included): the removed blocks a :class:`LinearPatch` stands
+    in for, with their shapes, and the containers they were deleted from (those now shorter)."""
+    from .model_source import build_model
+    from .repair import LinearPatch
+
+    before = build_model(spec)
+    deleted = sorted({
+        parent for parent in (n.rpartition(".")[0] for n in removed)
+        if isinstance(before.get_submodule(parent), (nn.Sequential, nn.ModuleList))
+        and len(model.get_submodule(parent)) < len(before.get_submodule(parent))
+    })  # fmt: skip
+    patched = {}
+    for name in removed:
+        if name.rpartition(".")[0] in deleted:
+            continue
+        m = model.get_submodule(name)
+        if isinstance(m, LinearPatch) and not isinstance(before.get_submodule(name), LinearPatch):
+            patched[name] = {"channels": m.channels, "conv": m.conv}
+    return patched, deleted
+
+
 def save_model(
     path: str | os.PathLike,
     model: nn.Module,
@@ -42,23 +67,14 @@ def save_model(
     removed: Sequence[str],
     preprocessing: dict[str, Any] | None = None,
 ) -> None:
-    """Write a collapsed zoo model: ``spec`` (``name``, ``num_classes``, ``in_channels``,
-    ``kwargs``), the removed block names (original numbering), the input normalisation the
+    """Write a collapsed zoo (or timm/torchvision) model: ``spec`` (``name``, ``num_classes``,
+    ``in_channels``, ``kwargs``; ``shallow`` when the model trained was itself a collapse), the
+    removed block names (numbered as in the model ``spec`` builds), the input normalisation the
     model expects (``preprocessing``, see :func:`lacoot.pipeline.preprocessing`) and the
-    weights. Removed blocks
-    that a :class:`lacoot.repair.LinearPatch` stands in for (``repair="linear"``) are recorded
-    with their patch's shape, so :func:`load` rebuilds them."""
-    from .blocks import deleted_from
-    from .repair import LinearPatch
-
+    weights. Removed blocks that a :class:`lacoot.repair.LinearPatch` stands in for
+    (``repair="linear"``) are recorded with their patch's shape, so :func:`load` rebuilds them."""
     _check_spec(spec)
-
-    patched = {
-        name: {"channels": m.channels, "conv": m.conv}
-        for name, m in model.named_modules()
-        if isinstance(m, LinearPatch)
-    }
-    deleted = deleted_from(model, [n for n in removed if n not in patched])
+    patched, deleted = _collapse_of(model, spec, removed)
     buffer = io.BytesIO()
     torch.save(
         {
@@ -107,25 +123,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     weights do not fit its specification.
     """
     from .checkpoint import safe_torch_load
-    from .repair import LinearPatch
+    from .model_source import build_model
 
     state = safe_torch_load(path, "model file", "lacoot export --format pt", map_location)
     if not isinstance(state, dict) or state.get("kind") != "lacoot-model":
         raise ValueError(f"{str(path)!r} is not a lacoot model file (see lacoot export)")
     spec = state.get("model_spec")
     _check_spec(spec, f"model file {str(path)!r}: its specification")
-    model = _build(spec)
-    patched = state.get("patched", {})
-    for name, shape in patched.items():  # in place, before any deletion renumbers a container
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, LinearPatch(shape["channels"], shape["conv"]))
-    names = [n for n in state["removed"] if n not in patched]
-    deleted = state.get("deleted_from")
-    if deleted is None:  # written before lacoot recorded it: every container deleted from
-        parents = {n.rpartition(".")[0] for n in names}
-        containers = (nn.Sequential, nn.ModuleList)
-        deleted = [p for p in parents if isinstance(model.get_submodule(p), containers)]
-    model = rebuild_removed(model, names, deleted)
+    model = rebuild_collapsed(build_model(spec), collapsed_shape(state))
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as exc:
@@ -134,16 +139,31 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> n
     return model.to(map_location).eval()
 
 
-def _build(spec: dict[str, Any]) -> nn.Module:
-    """A fresh model of a specification: from the zoo, or from timm/torchvision."""
-    from .model_source import build_library_model, split_source
-    from .models import create
+def collapsed_shape(state: dict[str, Any]) -> dict[str, Any]:
+    """What a model file records of its collapse: ``{"removed", "patched", "deleted_from"}``
+    (``deleted_from`` inferred for files written before lacoot recorded it: every container a
+    removed block was in)."""
+    return {"removed": list(state["removed"]), "patched": dict(state.get("patched", {})),
+            "deleted_from": state.get("deleted_from")}  # fmt: skip
 
-    kwargs = spec.get("kwargs", {})
-    if split_source(spec["name"])[0] != "zoo":
-        return build_library_model(spec["name"], spec["num_classes"], spec["in_channels"], kwargs)
-    return create(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                  **kwargs)  # fmt: skip
+
+def rebuild_collapsed(model: nn.Module, shape: dict[str, Any]) -> nn.Module:
+    """``model`` (freshly built) as it was collapsed (:func:`collapsed_shape`): its linear
+    patches put in place, the other removed blocks deleted or made identity, ready to load the
+    collapsed model's weights."""
+    from .repair import LinearPatch
+
+    patched = shape.get("patched", {})
+    for name, patch in patched.items():  # in place, before any deletion renumbers a container
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, LinearPatch(patch["channels"], patch["conv"]))
+    names = [n for n in shape["removed"] if n not in patched]
+    deleted = shape.get("deleted_from")
+    if deleted is None:
+        parents = {n.rpartition(".")[0] for n in names}
+        containers = (nn.Sequential, nn.ModuleList)
+        deleted = [p for p in parents if isinstance(model.get_submodule(p), containers)]
+    return rebuild_removed(model, names, deleted)
 
 
 class Normalize(nn.Module):

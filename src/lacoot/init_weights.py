@@ -1,6 +1,8 @@
 """The weights a training starts from (``--init``): read, checked key by key, fingerprinted.
 
-A lacoot checkpoint (``checkpoint.pt``: its ``model``), a plain ``state_dict`` saved with
+A lacoot checkpoint (``checkpoint.pt``: its ``model``), a model file of ``lacoot export`` (a
+collapsed one too: the training then keeps its architecture, :func:`init_shapes`), a plain
+``state_dict`` saved with
 ``torch.save`` (read with ``weights_only``: no code runs) or a ``.safetensors`` file. The keys
 must match the model's exactly: a weight missing, unexpected or of another shape is an error
 naming them, never a partly initialised model.
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["load_init", "weights_mismatch", "file_sha256"]
+__all__ = ["load_init", "init_shapes", "weights_mismatch", "file_sha256"]
 
 WRITERS = (
     "a lacoot checkpoint, a model file of lacoot export (.pt), "
@@ -79,6 +81,32 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         return state, "state_dict"
     raise ValueError(f"--init {str(path)!r} holds neither a lacoot checkpoint nor a state_dict "
                      f"(a mapping of names to tensors); expected {WRITERS}")  # fmt: skip
+
+
+def init_shapes(path: str | os.PathLike, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The collapses a model file of ``lacoot export`` went through (oldest first), for a
+    training that starts from it: ``spec["shallow"]`` of :func:`lacoot.model_source.build_model`.
+    Empty for any other file and for a model file of the full model. A collapsed file of another
+    model (name, classes, channels or arguments) is a ``ValueError`` naming both."""
+    from .checkpoint import safe_torch_load
+    from .export import collapsed_shape
+
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() == ".safetensors":
+        return []
+    state: Any = safe_torch_load(path, "--init", WRITERS)
+    if not (isinstance(state, dict) and state.get("kind") == "lacoot-model" and state["removed"]):
+        return []
+    theirs = state["model_spec"]
+    keys = ("name", "num_classes", "in_channels")
+    if any(theirs.get(k) != spec.get(k) for k in keys) or theirs.get("kwargs", {}) != spec.get(
+        "kwargs", {}
+    ):
+        said = {k: theirs.get(k) for k in (*keys, "kwargs")}
+        wanted = {k: spec.get(k) for k in (*keys, "kwargs")}
+        raise ValueError(f"--init {str(path)!r} is a collapsed {said}; expected a collapse of "
+                         f"the model trained here, {wanted}")  # fmt: skip
+    return [*theirs.get("shallow", []), collapsed_shape(state)]
 
 
 def load_init(path: str | os.PathLike, model: nn.Module, name: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ import is a one-line ``ValueError`` naming the flag, the value and the install l
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["PREFIXES", "split_source", "canonical_model", "import_library", "build_library_model",
-           "load_hf"]  # fmt: skip
+           "load_hf", "build_model"]  # fmt: skip
 
 PREFIXES = ("hf", "timm", "torchvision")
 INSTALL = {
@@ -125,3 +126,38 @@ def load_hf(value: str) -> tuple[nn.Module, Any]:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model.eval(), tokenizer
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Build a model from ``{"name", "num_classes", "in_channels", "kwargs"}``: a zoo model, or a
+    timm/torchvision one; arguments the model does not take are a ``ValueError`` naming them.
+    With ``spec["shallow"]`` (a list of ``{"removed", "patched", "deleted_from"}``, what model
+    files of ``lacoot export`` record, oldest first) the model is built without those blocks, as
+    it was collapsed: a training started from a collapsed model (``--init shallow.pt``) keeps its
+    architecture."""
+    from .models import create
+
+    kwargs = spec.get("kwargs", {})
+    if split_source(spec["name"])[0] != "zoo":
+        model = build_library_model(spec["name"], spec["num_classes"], spec["in_channels"], kwargs)
+    else:
+        try:
+            model = create(spec["name"], num_classes=spec["num_classes"],
+                           in_channels=spec["in_channels"], **kwargs)  # fmt: skip
+        except TypeError as exc:
+            if not kwargs:
+                raise
+            found = re.match(r"(\w+)\.__init__\(\)", str(exc))
+            where = (f"lacoot.models.{found[1]}" if found
+                     else f"lacoot.models.create({spec['name']!r})")  # fmt: skip
+            raise ValueError(
+                f"model_args={kwargs!r} do not fit model {spec['name']!r} ({exc}); expected the "
+                f'keyword arguments of {where}, e.g. python -c "import lacoot.models as m; '
+                f'help(m.{found[1] if found else "create"})"'
+            ) from None
+    if spec.get("shallow"):
+        from .export import rebuild_collapsed
+
+        for shape in spec["shallow"]:
+            model = rebuild_collapsed(model, shape)
+    return model

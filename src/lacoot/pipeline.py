@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -36,8 +35,9 @@ from .config import LM_DEFAULTS, CollapseConfig, RunConfig
 from .criteria import score_blocks
 from .device import resolve_device
 from .distributed import barrier, broadcast_object, env_rank, info, init_from_env, shutdown
-from .init_weights import load_init, weights_mismatch
+from .init_weights import init_shapes, load_init, weights_mismatch
 from .metrics import Memoized, top1_accuracy
+from .model_source import build_model
 from .outdir import OutputFolder, command_line
 from .profile import count_macs, recording_latencies
 from .provenance import data_mismatch, environment, latency_conditions, load_average
@@ -164,30 +164,6 @@ def _check_batch(batch_size: int, n_train: int, n_val: int) -> None:
 
 
 # ------------------------------------------------------------------------------------- model
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build a zoo model from ``{"name", "num_classes", "in_channels", "kwargs"}``; arguments
-    the model does not take are a ``ValueError`` naming them."""
-    from .model_source import build_library_model, split_source
-    from .models import create
-
-    kwargs = spec.get("kwargs", {})
-    if split_source(spec["name"])[0] != "zoo":
-        return build_library_model(spec["name"], spec["num_classes"], spec["in_channels"], kwargs)
-    try:
-        return create(spec["name"], num_classes=spec["num_classes"],
-                      in_channels=spec["in_channels"], **kwargs)  # fmt: skip
-    except TypeError as exc:
-        if not kwargs:
-            raise
-        found = re.match(r"(\w+)\.__init__\(\)", str(exc))
-        where = f"lacoot.models.{found[1]}" if found else f"lacoot.models.create({spec['name']!r})"
-        raise ValueError(
-            f"model_args={kwargs!r} do not fit model {spec['name']!r} ({exc}); expected the "
-            f'keyword arguments of {where}, e.g. python -c "import lacoot.models as m; '
-            f'help(m.{found[1] if found else "create"})"'
-        ) from None
-
-
 def _example(image_shape: Sequence[int], device: torch.device, batch: int = 2) -> torch.Tensor:
     return torch.zeros(batch, *image_shape, device=device)
 
@@ -410,6 +386,9 @@ def _image_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
     )
     torch.manual_seed(cfg.seed)
     model_spec = _model_spec(cfg, data)
+    shapes = [] if cfg.init is None else init_shapes(cfg.init, model_spec)
+    if shapes:  # a collapsed model file: trained as it is, without its removed blocks
+        model_spec["shallow"] = shapes
     model = build_model(model_spec)
     init = None if cfg.init is None else load_init(cfg.init, model, cfg.model)
     model = model.to(device)
