@@ -148,12 +148,16 @@ def test_optimized_torchscript_export_computes_the_collapsed_model(
 
 
 def test_export_refuses_existing_output_before_loading(tmp_path: Path) -> None:
-    """An existing ``--output`` is refused before the checkpoint and its data are loaded (the
-    checkpoint here does not even exist), and is left as it was."""
+    """An existing ``--output``, or the checkpoint itself as the output, is refused before the
+    checkpoint and its data are loaded (the checkpoint here does not even exist or is no
+    checkpoint), and is left as it was."""
     from lacoot.pipeline import run_export
 
     target = tmp_path / "shallow.pt"
     target.write_bytes(b"keep")
     with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
         run_export(tmp_path / "missing-checkpoint.pt", target, blocks=1)
+    assert target.read_bytes() == b"keep"
+    with pytest.raises(ValueError, match="is the checkpoint itself"):
+        run_export(target, target, blocks=1, overwrite=True)
     assert target.read_bytes() == b"keep"

@@ -751,11 +751,9 @@ def _announcer(enabled: bool) -> Any:
     return say
 
 
-def _check_export_target(
-    output: Path, checkpoint: Any, fmt: str, lm: bool, overwrite: bool
-) -> None:
-    """The format fits the model, and the exported file (a folder for ``hf``) and its sidecar
-    are never the checkpoint, nor (without ``overwrite``) something that exists."""
+def _check_export_target(checkpoint: Any, fmt: str, lm: bool) -> None:
+    """The format fits the model (where the file goes was checked before loading:
+    :func:`_check_free`)."""
     model = getattr(checkpoint, "model", None)
     what = f"--model {model!r}" if model is not None else repr(str(checkpoint))
     if lm and fmt not in LM_FORMATS:
@@ -764,17 +762,16 @@ def _check_export_target(
     if not lm and fmt == "hf":
         raise ValueError(f"--format hf writes a Hugging Face model; {what} is a lacoot "
                          "checkpoint: expected --format pt, torchscript or onnx")  # fmt: skip
-    if not lm and _same_file(output, checkpoint):
-        raise ValueError(f"--output {str(output)!r} is the checkpoint itself; expected another "
-                         "file name (the checkpoint is never replaced)")  # fmt: skip
-    _check_free(output, fmt, overwrite)
 
 
-def _check_free(output: Path, fmt: str, overwrite: bool) -> None:
-    """Checked before anything is loaded: the exported file (a folder for ``hf``) and its
-    sidecar do not exist (without ``overwrite``)."""
+def _check_free(output: Path, checkpoint: Any, fmt: str, overwrite: bool) -> None:
+    """Checked before anything is loaded: the exported file (a folder for ``hf``) is never the
+    checkpoint, and it and its sidecar do not exist (without ``overwrite``)."""
     from .export import sidecar_path
 
+    if isinstance(checkpoint, (str, os.PathLike)) and _same_file(output, checkpoint):
+        raise ValueError(f"--output {str(output)!r} is the checkpoint itself; expected another "
+                         "file name (the checkpoint is never replaced)")  # fmt: skip
     if output.is_dir() and fmt != "hf":
         raise ValueError(f"--output {str(output)!r} is a folder; expected a file name")
     for path in (output, sidecar_path(output)):
@@ -822,12 +819,12 @@ def run_export(
     parameters and latency of the exported model included) with ``report``: the report followed
     (or ``None``) and ``k``."""
     output = Path(output)
-    _check_free(output, fmt, overwrite)
+    _check_free(output, checkpoint, fmt, overwrite)
     say = _announcer(progress)
     sub = load_subject(checkpoint, resolve_device(device), data_dir, seed, val_from,
                        "the export", say)  # fmt: skip
     lm = sub.language_model
-    _check_export_target(output, checkpoint, fmt, lm, overwrite)
+    _check_export_target(checkpoint, fmt, lm)
     removed, opts, followed = _export_choice(sub, blocks, options, report, seed, say)
     say(f"removing {removed} (repair {opts.repair!r})")
     shallow = _repaired_shallow(sub, removed, opts)
