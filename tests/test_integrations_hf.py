@@ -248,9 +248,10 @@ def test_fused_repair_of_identity_layers_is_exact():
                                    rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
-def test_fused_map_is_the_least_squares_solution():
-    """The folded map equals the least-squares solution computed directly from the activations
-    (``torch.linalg.lstsq`` on all real tokens), and the model stays a plain model."""
+def _gpt2_fit_data():
+    """A tiny GPT-2, a left-padded batch, and (on its real tokens) what layer 1's writer adds
+    ``m``, the rest of layer 1's output ``r``, and layer 3's output ``y``: the data of the map
+    that replaces layers 2-3."""
     model = _model("gpt2")
     torch.manual_seed(2)
     ids = torch.randint(1, VOCAB, (8, 12))
@@ -270,7 +271,14 @@ def test_fused_map_is_the_least_squares_solution():
         h.remove()
     real = mask.bool()
     m, r, y = acts["m"][real].double(), (acts["h"] - acts["m"])[real].double(), acts["y"][real]
-    t = torch.linalg.lstsq(m, y.double() - r).solution
+    return model, loader, m, r, y.double()
+
+
+def test_fused_map_is_the_least_squares_solution():
+    """The folded map equals the least-squares solution computed directly from the activations
+    (``torch.linalg.lstsq`` on all real tokens), and the model stays a plain model."""
+    model, loader, m, r, y = _gpt2_fit_data()
+    t = torch.linalg.lstsq(m, y - r).solution
     from lacoot.fuse import fused_linear
 
     shallow, _ = fused_linear(model, ["transformer.h.2", "transformer.h.3"], loader, ridge=0)
@@ -278,6 +286,28 @@ def test_fused_map_is_the_least_squares_solution():
     torch.testing.assert_close(shallow.transformer.h[1].mlp.c_proj.weight, want,
                                rtol=1e-3, atol=1e-4)  # fmt: skip
     assert len(shallow.transformer.h) == 3 and shallow.config.n_layer == 3
+
+
+def test_fused_ridge_pulls_the_map_towards_the_identity():
+    """With a ridge, the map is the least-squares solution of the system augmented with
+    ``sqrt(lam) (T - I) = 0`` (lam = ridge * trace(M^T M) / D), solved directly; a huge ridge
+    leaves the writer as it was (the layers removed without a map)."""
+    model, loader, m, r, y = _gpt2_fit_data()
+    from lacoot.fuse import fused_linear
+
+    d = m.shape[1]
+    lam = 0.3 * float((m * m).sum()) / d
+    eye = torch.eye(d, dtype=torch.float64)
+    t = torch.linalg.lstsq(torch.cat([m, lam**0.5 * eye]),
+                           torch.cat([y - r, lam**0.5 * eye])).solution  # fmt: skip
+    removed = ["transformer.h.2", "transformer.h.3"]
+    weight = model.transformer.h[1].mlp.c_proj.weight
+    shallow, _ = fused_linear(model, removed, loader, ridge=0.3)
+    torch.testing.assert_close(shallow.transformer.h[1].mlp.c_proj.weight,
+                               (weight.double() @ t).float(), rtol=1e-3, atol=1e-4)  # fmt: skip
+    plain, _ = fused_linear(model, removed, loader, ridge=1e9)
+    torch.testing.assert_close(plain.transformer.h[1].mlp.c_proj.weight, weight,
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
 def test_linear_patches_are_refused_inside_a_decoder():
