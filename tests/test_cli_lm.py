@@ -302,3 +302,25 @@ def test_collapse_of_a_gguf_file_saves_a_folder_that_reloads_as_the_layers_delet
     assert saved.config.num_hidden_layers == 2
     torch.testing.assert_close(saved(input_ids=ids).logits, model(input_ids=ids,
                                use_cache=False).logits, rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_language_model_training_starts_from_the_init_weights(lm_work, monkeypatch):
+    """``--init`` on a language model: the training starts from the file's weights (every
+    one, tied ones included), and records the file's format and digest."""
+    from lacoot.config import RunConfig
+    from lacoot.init_weights import file_sha256
+    from lacoot.lm import lm_training
+
+    monkeypatch.chdir(lm_work)
+    model, _ = _load(lm_work / "gpt2")
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(weights, lm_work / "init.pt")
+    cfg = RunConfig.from_dict({"model": "hf:gpt2", "dataset": "text", "data_dir": "corpus",
+                               "seq_len": 16, "batch_size": 8, "init": "init.pt"})  # fmt: skip
+    job = lm_training(cfg, torch.device("cpu"), 0, 1, lambda msg: None)
+    got = job.model.state_dict()
+    assert got.keys() == weights.keys()
+    for k, v in weights.items():
+        assert torch.equal(got[k], v), k
+    assert job.init == {"path": "init.pt", "format": "state_dict",
+                        "sha256": file_sha256(lm_work / "init.pt")}  # fmt: skip

@@ -35,7 +35,7 @@ from .config import LM_DEFAULTS, CollapseConfig, RunConfig
 from .criteria import score_blocks
 from .device import resolve_device
 from .distributed import barrier, broadcast_object, env_rank, info, init_from_env, shutdown
-from .init_weights import init_shapes, load_init, weights_mismatch
+from .init_weights import init_shapes, load_init, read_init, weights_mismatch
 from .metrics import Memoized, top1_accuracy
 from .model_source import build_model
 from .outdir import OutputFolder, command_line
@@ -386,11 +386,12 @@ def _image_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
     )
     torch.manual_seed(cfg.seed)
     model_spec = _model_spec(cfg, data)
-    shapes = [] if cfg.init is None else init_shapes(cfg.init, model_spec)
+    init_file = None if cfg.init is None else read_init(cfg.init)
+    shapes = [] if init_file is None else init_shapes(init_file, model_spec)
     if shapes:  # a collapsed model file: trained as it is, without its removed blocks
         model_spec["shallow"] = shapes
     model = build_model(model_spec)
-    init = None if cfg.init is None else load_init(cfg.init, model, cfg.model)
+    init = None if init_file is None else load_init(init_file, model, cfg.model)
     model = model.to(device)
     blocks = find_blocks(model, _example(data.image_shape, device))
     return model, blocks, data, model_spec, init
