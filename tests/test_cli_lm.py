@@ -324,3 +324,60 @@ def test_language_model_training_starts_from_the_init_weights(lm_work, monkeypat
         assert torch.equal(got[k], v), k
     assert job.init == {"path": "init.pt", "format": "state_dict",
                         "sha256": file_sha256(lm_work / "init.pt")}  # fmt: skip
+
+
+LM_TRAIN = ["train", "--model", "hf:llama", "--dataset", "text", "--data-dir", "corpus",
+            "--epochs", "1", "--lam", "0", "--optimizer", "sgd", "--momentum", "0",
+            "--weight-decay", "0", "--lr", "0.5", "--batch-size", "16", "--seq-len", "16",
+            "--no-progress"]  # fmt: skip
+
+
+def test_language_model_distils_from_a_teacher_token_by_token(lm_work):
+    """``--teacher hf:FOLDER`` on a language model. The model as its own teacher, all weight on
+    the soft term: the per-token soft targets are the student's own distributions, so nothing
+    moves (a teacher whose logits were misaligned, unflattened or of another model would move
+    it). Another teacher moves the weights away from plain training; the checkpoint records it."""
+    save_tiny_lm(lm_work / "llama-b", "llama", seed=1)
+    lacoot_cmd(*LM_TRAIN, "--teacher", "hf:llama", "--distill-weight", "1", "--out", "kd-self",
+               cwd=lm_work)  # fmt: skip
+    start, _ = _load(lm_work / "llama")
+    state = torch.load(lm_work / "kd-self" / "checkpoint.pt", weights_only=True)
+    for k, v in start.state_dict().items():
+        torch.testing.assert_close(state["model"][k], v, rtol=0, atol=1e-6)
+    assert state["teacher"]["path"] == "hf:llama" and state["teacher"]["format"] == "hf folder"
+    assert len(state["teacher"]["sha256"]) == 64
+    lacoot_cmd(*LM_TRAIN, "--out", "plain", cwd=lm_work)
+    lacoot_cmd(*LM_TRAIN, "--teacher", "hf:llama-b", "--distill-weight", "0.5", "--out",
+               "kd-b", cwd=lm_work)  # fmt: skip
+    plain = torch.load(lm_work / "plain" / "checkpoint.pt", weights_only=True)["model"]
+    taught = torch.load(lm_work / "kd-b" / "checkpoint.pt", weights_only=True)
+    w = "lm_head.weight"
+    assert not torch.equal(plain[w], start.state_dict()[w])
+    assert (taught["model"][w] - plain[w]).abs().max() > 1e-3
+    assert taught["teacher"]["sha256"] != state["teacher"]["sha256"]
+    # a checkpoint of lacoot train as the teacher, of the weights the training starts from
+    lacoot_cmd(*LM_TRAIN, "--init", "plain/checkpoint.pt", "--teacher", "plain/checkpoint.pt",
+               "--distill-weight", "1", "--out", "kd-ckpt", cwd=lm_work)  # fmt: skip
+    again = torch.load(lm_work / "kd-ckpt" / "checkpoint.pt", weights_only=True)
+    for k, v in plain.items():
+        torch.testing.assert_close(again["model"][k], v, rtol=0, atol=1e-6)
+    assert again["teacher"]["format"] == "lacoot checkpoint"
+
+
+def test_language_model_teacher_with_another_vocabulary_is_refused(lm_work):
+    from _lm import WORDS
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = save_tiny_lm(lm_work / "llama-other", "llama", seed=2)
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]", ".", *reversed(WORDS)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                         pad_token="[PAD]", eos_token="[EOS]"
+                                         ).save_pretrained(folder)  # fmt: skip
+    proc = lacoot_cmd(*LM_TRAIN, "--teacher", "hf:llama-other", "--distill-weight", "0.5",
+                      "--out", "kd-other", cwd=lm_work, check=2)  # fmt: skip
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "--teacher 'hf:llama-other' has another vocabulary" in last
+    assert "same tokens numbered otherwise" in last and "Traceback" not in proc.stderr
+    assert not (lm_work / "kd-other" / "checkpoint.pt").exists()

@@ -525,7 +525,9 @@ class _Job(Options):
     )  # fmt: skip
     teacher: str | None = option(
         None, "the model to distil from (with --distill-weight): a checkpoint of lacoot train or "
-        "a model file of lacoot export (.pt), trained on the same data (sha256 recorded)",
+        "a model file of lacoot export (.pt), trained on the same data; for a language model "
+        "hf:FOLDER, hf:FILE.gguf or a checkpoint of lacoot train on one, with the same "
+        "tokenizer (sha256 recorded)",
     )  # fmt: skip
     val_fraction: float = option(0.1, "fraction of the training set held out for validation "
                                  "and scoring", check=lambda v: 0 <= v < 1,

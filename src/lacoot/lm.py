@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ._io import atomic_write_text
 from ._version import __version__
-from .blocks import find_blocks
+from .blocks import find_blocks, remove_blocks
 from .config import LM_DEFAULTS, RunConfig
 from .inputs import first_samples
 from .lm_metrics import PerplexityAndAccuracy
@@ -233,6 +233,8 @@ class LMTraining:
     preprocessing: dict[str, Any]
     init: dict[str, str] | None
     flat: Any
+    teacher: nn.Module | None = None  # distilled from (--teacher), its logits flattened too
+    taught: dict[str, str] | None = None  # the teacher's record: path, format, sha256
 
 
 def _flatten_logits(module: nn.Module, args: Any, output: Any) -> Tensor:
@@ -259,6 +261,9 @@ def lm_training(cfg: RunConfig, device: torch.device, rank: int, world_size: int
     say(f"loading {cfg.model} (float32)")
     model, tokenizer = load_hf(cfg.model)
     init = None if cfg.init is None else load_init(cfg.init, model, cfg.model)
+    teacher, taught = (None, None) if cfg.teacher is None else load_lm_teacher(
+        cfg.teacher, device, model, tokenizer
+    )  # fmt: skip
     model.to(device)
     splits = load_text(cfg.data_dir, tokenizer, cfg.seq_len, cfg.val_fraction, cfg.test_fraction,
                        cfg.seed, say)  # fmt: skip
@@ -278,8 +283,68 @@ def lm_training(cfg: RunConfig, device: torch.device, rank: int, world_size: int
         model=model, blocks=blocks, train=train, val=loaders[0] if len(splits.val) else None,
         test=loaders[1], fingerprint=splits.fingerprint, model_spec=spec,
         preprocessing=_text_input(tokenizer, cfg.seq_len), init=init,
-        flat=model.register_forward_hook(_flatten_logits),
+        flat=model.register_forward_hook(_flatten_logits), teacher=teacher, taught=taught,
     )  # fmt: skip
+
+
+LM_TEACHERS = "hf:FOLDER, hf:FILE.gguf or a checkpoint of lacoot train on a language model"
+
+
+def load_lm_teacher(
+    value: str, device: torch.device, student: nn.Module, tokenizer: Any
+) -> tuple[nn.Module, dict[str, str]]:
+    """The teacher of a language model's distillation (``--teacher``): ``hf:FOLDER`` or
+    ``hf:FILE.gguf`` (the model as it is, typically the one being made shallower), or a
+    ``checkpoint.pt`` of ``lacoot train`` on a language model (its model as trained last: layers
+    its training faded out removed). In eval mode on ``device``, its logits flattened to
+    ``(B * T, V)`` as the student's are; returned with its record ``{"path", "format",
+    "sha256"}`` (of the file; of the weights for a folder). A teacher whose vocabulary (token
+    to id) or number of logits differs from the student's is a ``ValueError`` naming both."""
+    from .checkpoint import faded_blocks, safe_torch_load
+    from .init_weights import file_sha256, weights_mismatch
+    from .model_source import load_hf, split_source
+
+    if split_source(value)[0] == "hf":
+        teacher, theirs = load_hf(value)
+        where = Path(split_source(value)[1])
+        kind = "gguf file" if where.suffix.lower() == ".gguf" else "hf folder"
+        digest = file_sha256(where) if where.is_file() else _weights_sha256(teacher)
+    else:
+        state = safe_torch_load(value, "--teacher", LM_TEACHERS)
+        name = (state.get("model_spec") or {}).get("name", "") if isinstance(state, dict) else ""
+        if not name.startswith("hf:") or "model" not in state:
+            raise ValueError(f"--teacher {value!r} is not a checkpoint of lacoot train on a "
+                             f"language model; expected {LM_TEACHERS}")  # fmt: skip
+        teacher, theirs = load_hf(name)
+        try:
+            teacher.load_state_dict(state["model"], strict=True)
+        except RuntimeError:
+            why = weights_mismatch(teacher, state["model"])
+            raise ValueError(f"--teacher {value!r} does not fit {name} ({why}); expected the "
+                             "model folder it was trained from") from None  # fmt: skip
+        faded = faded_blocks(state)
+        teacher = remove_blocks(teacher, faded) if faded else teacher
+        kind, digest = "lacoot checkpoint", file_sha256(value)
+    sizes = [m.get_input_embeddings().num_embeddings for m in (teacher, student)]
+    if theirs.get_vocab() != tokenizer.get_vocab() or sizes[0] != sizes[1]:
+        raise ValueError(
+            f"--teacher {value!r} has another vocabulary than the model trained ({sizes[0]} "
+            f"logits and {len(theirs)} tokens, against {sizes[1]} and {len(tokenizer)}, or the "
+            "same tokens numbered otherwise); expected a teacher with the student's tokenizer"
+        )
+    teacher.register_forward_hook(_flatten_logits)
+    return teacher.to(device).eval(), {"path": value, "format": kind, "sha256": digest}
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's weights: every tensor of its state dict, names and bytes, in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, t in model.state_dict().items():
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def lm_checkpoint_subject(

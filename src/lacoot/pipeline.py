@@ -375,12 +375,24 @@ def _model_spec(cfg: RunConfig, data: Data) -> dict[str, Any]:
             "in_channels": data.image_shape[0], "kwargs": dict(cfg.model_args)}  # fmt: skip
 
 
-Trainee = tuple[nn.Module, list[Block], Data, dict[str, Any], dict[str, str] | None]
+@dataclass
+class Trainee:
+    """What a training starts from: the model, its blocks, its data (this process's shard), its
+    spec, the record of its initial weights (``--init``) and the teacher it is distilled from
+    (``--teacher``) with that file's record."""
+
+    model: nn.Module
+    blocks: list[Block]
+    data: Data
+    model_spec: dict[str, Any]
+    init: dict[str, str] | None
+    teacher: nn.Module | None
+    taught: dict[str, str] | None
 
 
 def _image_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
-    """The model to train (built, started from ``cfg.init`` when given), its blocks, its data
-    (this process's shard), its spec and the record of its initial weights."""
+    """The image classifier to train (built, started from ``cfg.init`` when given; its teacher
+    :func:`lacoot.distill.load_teacher`)."""
     data = prepare_data(
         cfg.data_spec(), device, seed=cfg.seed, rank=where.rank, world_size=where.world_size
     )
@@ -394,13 +406,19 @@ def _image_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
     init = None if init_file is None else load_init(init_file, model, cfg.model)
     model = model.to(device)
     blocks = find_blocks(model, _example(data.image_shape, device))
-    return model, blocks, data, model_spec, init
+    teacher, taught = None, None
+    if cfg.teacher is not None:
+        from .distill import load_teacher
+
+        teacher, taught = load_teacher(cfg.teacher, device, data.preprocessing)
+    return Trainee(model, blocks, data, model_spec, init, teacher, taught)
 
 
 def _lm_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
     """:func:`_image_trainee` for a language model (``hf:...``) and its text corpus: its
     logits flattened to ``(B * T, V)`` and its targets to ``(B * T,)``, so that the loop's
-    loss and accuracy are per token (:func:`lacoot.lm.lm_training`)."""
+    loss and accuracy are per token (:func:`lacoot.lm.lm_training`; its teacher
+    :func:`lacoot.lm.load_lm_teacher`)."""
     from .lm import lm_training
 
     job = lm_training(cfg, device, where.rank, where.world_size, _announcer(cfg.progress))
@@ -409,22 +427,7 @@ def _lm_trainee(cfg: RunConfig, device: torch.device, where: Any) -> Trainee:
     data = Data(train=job.train, val=job.val, test=job.test, num_classes=vocab,
                 image_shape=(cfg.seq_len,), preprocessing=job.preprocessing,
                 fingerprint=fingerprint)  # type: ignore[arg-type]  # fmt: skip
-    return job.model, job.blocks, data, job.model_spec, job.init
-
-
-def _load_teacher(
-    cfg: RunConfig, device: torch.device, data: Data
-) -> tuple[nn.Module | None, dict[str, str] | None]:
-    """The teacher of ``cfg`` (:func:`lacoot.distill.load_teacher`) and its record; none
-    without ``cfg.teacher``. Language models are not distilled (yet): refused."""
-    if cfg.teacher is None:
-        return None, None
-    if cfg.dataset == "text":
-        raise ValueError(f"--teacher {cfg.teacher!r} with a language model; distillation is "
-                         "implemented for image classifiers only")  # fmt: skip
-    from .distill import load_teacher
-
-    return load_teacher(cfg.teacher, device, data.preprocessing)
+    return Trainee(job.model, job.blocks, data, job.model_spec, job.init, job.teacher, job.taught)
 
 
 def _check_targets(cfg: RunConfig, blocks: list[Block]) -> None:
@@ -482,9 +485,9 @@ def _train_in(
     from .model_source import split_source
 
     trainee = _lm_trainee if split_source(cfg.model)[0] == "hf" else _image_trainee
-    model, blocks, data, model_spec, init = trainee(cfg, device, where)
+    t = trainee(cfg, device, where)
+    model, blocks, data, model_spec, taught = t.model, t.blocks, t.data, t.model_spec, t.taught
     _check_targets(cfg, blocks)
-    teacher, taught = _load_teacher(cfg, device, data)
     if resume:
         _on_rank0(lambda: _guard_resume(out, cfg, data, model_spec, taught))
     elif folder is not None:
@@ -496,12 +499,12 @@ def _train_in(
         "model_spec": model_spec, "data_spec": cfg.data_spec(),
         "image_shape": list(data.image_shape), "run_config": json.dumps(cfg.to_dict()),
         "preprocessing": data.preprocessing, "data_fingerprint": data.fingerprint,
-        "environment": environment(device), "init": init, "teacher": taught,
+        "environment": environment(device), "init": t.init, "teacher": taught,
     }  # fmt: skip
     try:
         result = train(model, blocks, data.train, data.val, cfg.train_config(), out_dir=out,
                        device=device, resume=resume, progress=cfg.progress, meta=meta,
-                       teacher=teacher)  # fmt: skip
+                       teacher=t.teacher)  # fmt: skip
     except BaseException:
         if folder is not None and (out / "checkpoint.pt").is_file():
             folder.commit()  # a checkpoint to resume from is worth keeping
