@@ -17,6 +17,9 @@ With ``--finetune-steps N`` (at ``--finetune-depth``): ``lacoot_finetune`` (N st
 training plus the relative MSW penalty on the layers ``lacoot_best`` removes, faded to the identity
 over the last ``--fade`` of the steps, then removed), ``heal`` (the same layers removed first, then
 the same N steps of plain training) and ``dense_finetune`` (N plain steps, nothing removed).
+With ``--distill-weight W`` > 0 also ``lacoot_finetune_kd`` and ``heal_kd``: the same two with the
+dense model as the teacher, per token ``(1 - W) CE + W T^2 KL(dense || student)``
+(:func:`lacoot.distill.distillation_loss`, ``T`` = ``--distill-temperature``).
 
 Text: every method calibrates, scores and chooses on one split of the in-domain corpora (Debian's
 ``fortunes``, ``jargon-text``, ``debian-reference-en``); fine-tunes train on another; test figures
@@ -90,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-5, help="fine-tune learning rate (AdamW)")
     p.add_argument("--lam", type=float, default=1.0, help="lambda of the relative MSW penalty")
     p.add_argument("--fade", type=float, default=0.6, help="share of steps fading the layers")
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        help="> 0: also the fine-tunes distilled from the dense model",
+    )
+    p.add_argument("--distill-temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -324,14 +334,23 @@ def _collapse(model, removed: list[str], calib: list, repair: str):
     return lacoot.collapse(model, removed)
 
 
+FINETUNES = {"lacoot_finetune": "lacoot", "heal": "heal", "dense_finetune": "dense"}
+DISTILLED = {"lacoot_finetune_kd": "lacoot_kd", "heal_kd": "heal_kd"}
+
+
 def finetune(model, blocks, removed: list[str], data, args, mode: str) -> tuple[Any, float]:
     """``mode``: ``lacoot`` (penalty on ``removed``, faded, then removed), ``heal`` (removed,
-    then trained) or ``dense`` (trained). Same data, steps, optimiser and schedule."""
+    then trained) or ``dense`` (trained); ``lacoot_kd`` and ``heal_kd`` distil from ``model``.
+    Same data, steps, optimiser and schedule."""
     import copy
+
+    from lacoot.distill import distillation_loss
 
     torch.manual_seed(args.seed)
     t = time.perf_counter()
     net = copy.deepcopy(model)
+    teacher = model.eval() if mode.endswith("_kd") else None
+    mode = mode.removesuffix("_kd")
     if mode == "heal":
         net = lacoot.collapse(net, removed)
     net.train()
@@ -351,8 +370,14 @@ def finetune(model, blocks, removed: list[str], data, args, mode: str) -> tuple[
         ((x, y),) = batches(train[idx], args.batch_size)
         if fade is not None and span > 0:
             fade.alpha = min(1.0, max(0.0, (step + 1 - (args.finetune_steps - 2 * span)) / span))
-        out = net(**{k: v.to(args.device) for k, v in x.items()}, use_cache=False)
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), y.to(args.device).flatten())
+        x = {k: v.to(args.device) for k, v in x.items()}
+        logits = net(**x, use_cache=False).logits.flatten(0, 1).float()
+        loss = F.cross_entropy(logits, y.to(args.device).flatten())
+        if teacher is not None:
+            with torch.no_grad():
+                taught = teacher(**x, use_cache=False).logits.flatten(0, 1)
+            loss = distillation_loss(logits, taught, loss, args.distill_weight,
+                                     args.distill_temperature)  # fmt: skip
         if reg is not None:
             loss = loss + reg.penalty()
         opt.zero_grad(set_to_none=True)
@@ -386,7 +411,9 @@ def targets(results: dict) -> dict[str, Any]:
     for key, row in (("shortgpt_ppl", "shortgpt"), ("angular_ppl", "angular"),
                      ("replaceme_ppl", "replaceme"), ("lacoot_ppl", "lacoot_best"),
                      ("finetune_ppl", "lacoot_finetune"), ("heal_ppl", "heal"),
-                     ("dense_finetune_ppl", "dense_finetune")):  # fmt: skip
+                     ("dense_finetune_ppl", "dense_finetune"),
+                     ("finetune_kd_ppl", "lacoot_finetune_kd"),
+                     ("heal_kd_ppl", "heal_kd")):  # fmt: skip
         out[key] = ppl(row)
     lac = out["lacoot_ppl"]
 
@@ -400,6 +427,7 @@ def targets(results: dict) -> dict[str, Any]:
     out["within_1.25x_dense"] = None if lac is None else all(
         lac[c] <= 1.25 * dense[c] for c in lac)  # fmt: skip
     out["finetune_beats_heal"] = beats(out["heal_ppl"], out["finetune_ppl"])
+    out["finetune_kd_beats_heal_kd"] = beats(out["heal_kd_ppl"], out["finetune_kd_ppl"])
     ft, dft = out["finetune_ppl"], out["dense_finetune_ppl"]
     out["finetune_within_15pct_of_dense_finetune"] = None if ft is None or dft is None else all(
         ft[c] <= 1.15 * dft[c] for c in ft)  # fmt: skip
@@ -518,13 +546,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.finetune_steps:
         n = str(args.finetune_depth)
         removed = results["rows"]["lacoot_best"][n]["removed"]
-        for mode, row in (("lacoot", "lacoot_finetune"), ("heal", "heal"),
-                          ("dense", "dense_finetune")):  # fmt: skip
+        runs = FINETUNES | (DISTILLED if args.distill_weight > 0 else {})
+        for row, mode in runs.items():
             if n in results["rows"].get(row, {}):
                 continue
             net, secs = finetune(model, blocks, removed, data, args, mode)
             results["rows"].setdefault(row, {})[n] = {
-                "choice": f"{args.finetune_steps} steps", **measure(
+                "choice": f"{args.finetune_steps} steps" + (
+                    f", distilled (w {args.distill_weight}, T {args.distill_temperature})"
+                    if row in DISTILLED else ""), **measure(
                     net, data["dense_tokens"], data, args, secs, removed if mode != "dense"
                     else [])}  # fmt: skip
             save()
