@@ -19,8 +19,11 @@ The three share the schedule (``FINETUNE``: SGD, one-cycle, lr 0.01) and the too
 training-free removal: every order of ``ORDERS`` with every repair of ``REPAIRS``, each at the
 fewest blocks that bring the repaired model (a linear repair's patches count) within the budget,
 chosen on validation accuracy (LaCoOT's own order, the blocks its training faded out first, is
-one more candidate for it). ``scratch``: the headline's same-architecture
-net trained from scratch for the full schedule (``docs/results/headline/jobs``), where it exists.
+one more candidate for it). ``scratch``: the architecture those removals reach, trained from
+scratch for ``--scratch-epochs`` (15, the headline's schedule): the headline's
+``scratch_same_arch`` job (``docs/results/headline/jobs``) when it removed the same blocks, else
+this script's own ``scratch-sSEED`` job (the headline's net is the one ``lacoot run``'s default
+collapses to, which may be another).
 
 Each (method, E, seed) writes ``OUT/jobs/METHOD-eE-sSEED.json`` and a rerun skips it;
 ``OUT/../finetune.{json,md,png}`` are regenerated after every job (``--report-only``: only that).
@@ -43,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _collapse_jobs import git_commit, train_resumably  # noqa: E402
+from _collapse_jobs import git_commit, train_resumably, train_scratch  # noqa: E402
 from _common import cpu_model, loadavg  # noqa: E402
 
 from lacoot._io import atomic_write_text  # noqa: E402
@@ -194,6 +197,34 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
             "finetune": FINETUNE, "environment": environment(args)}  # fmt: skip
 
 
+def removal_of(args: argparse.Namespace, seed: int) -> list[str]:
+    """The blocks heal and distillation remove at ``seed`` (their job files, else chosen anew)."""
+    for f in sorted((Path(args.out) / "jobs").glob(f"*-s{seed}.json")):
+        r = json.loads(f.read_text())
+        if r["method"] in ("heal", "kd"):
+            return list(r["chosen"]["removed"])
+    dev = resolve_device(args.device)
+    data = prepare_data(run_config(args, seed).data_spec(), dev, seed=seed)
+    example = torch.zeros(1, *data.image_shape, device=dev)
+    vanilla, _ = load_teacher(args.pretrained.format(seed=seed), dev, data.preprocessing)
+    return list(best_removal(vanilla, data, example, seed, args.calib)[0]["chosen"]["removed"])
+
+
+def run_scratch(args: argparse.Namespace, seed: int, removed: list[str]) -> dict[str, Any]:
+    """``removed``'s architecture trained from scratch as the headline trains its nets."""
+    t0 = time.perf_counter()
+    cfg = RunConfig.from_dict({"model": args.model, "model_args": args.model_args,
+                               "dataset": "fashion-mnist", "data_dir": args.data_dir,
+                               "epochs": args.scratch_epochs, "seed": seed,
+                               "device": args.device, "out": str(Path(args.work) /
+                                                                 f"scratch-s{seed}"),
+                               "progress": False} | PLAIN)  # fmt: skip
+    _, figs = train_scratch(cfg, removed)
+    return {"method": "scratch", "seed": seed, "epochs": args.scratch_epochs, **figs,
+            "run_config": cfg.to_dict(), "train_seconds": time.perf_counter() - t0,
+            "environment": environment(args)}  # fmt: skip
+
+
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": cpu_model(), "device": resolve_device(args.device).type,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -206,15 +237,23 @@ def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
-def scratch_rows(headline_jobs: Path, seeds: list[int]) -> list[dict[str, Any]]:
+def scratch_rows(
+    headline_jobs: Path, jobs: Path, removal: dict[int, list[str]]
+) -> list[dict[str, Any]]:
+    """For each seed of ``removal`` (the blocks the fine-tunes' nets lack), that architecture
+    trained from scratch: this script's job, else the headline's same-architecture job when it
+    removed the same blocks (none when neither has run)."""
     rows = []
-    for s in seeds:
-        f = headline_jobs / f"scratch_same_arch-s{s}.json"
-        if f.is_file():
-            r = json.loads(f.read_text())
-            rows.append({"seed": s, "test_accuracy": r["test_accuracy"], "macs": r["macs"],
-                         "params": r["params"], "removed": r["removed"],
-                         "train_seconds": r.get("seconds")})  # fmt: skip
+    for s, removed in sorted(removal.items()):
+        own, theirs = jobs / f"scratch-s{s}.json", headline_jobs / f"scratch_same_arch-s{s}.json"
+        for f, source in ((own, "finetune"), (theirs, "headline")):
+            r = json.loads(f.read_text()) if f.is_file() else None
+            if r is not None and set(r["removed"]) == set(removed):
+                secs = r.get("train_seconds", r.get("seconds"))
+                rows.append({"seed": s, "test_accuracy": r["test_accuracy"], "macs": r["macs"],
+                             "params": r["params"], "removed": r["removed"], "source": source,
+                             "train_seconds": secs})  # fmt: skip
+                break
     return rows
 
 
@@ -320,13 +359,12 @@ def markdown(rep: dict[str, Any], envs: list[dict[str, Any]], command: str) -> s
             f"{r['train_seconds']:.0f} |"
         )
     for s in rep["scratch"]:
-        lines.append(f"| same architecture from scratch (headline, 15 epochs) | 15 | "
+        lines.append(f"| same architecture from scratch ({s['source']} job) | 15 | "
                      f"[{s['seed']}] | {s['test_accuracy']:.2f} | - | - | {s['params']:,} | "
                      f"{', '.join(s['removed'])} | {s['train_seconds'] or 0:.0f} |")  # fmt: skip
     if not rep["scratch"]:
-        lines.append("| same architecture from scratch | - | pending: the headline's "
-                     "`scratch_same_arch` job has not run on these seeds "
-                     "| | | | | | |")  # fmt: skip
+        lines.append("| same architecture from scratch | - | pending: no job of it has run "
+                     "on these seeds | | | | | | |")  # fmt: skip
     lines += [
         "",
         "LaCoOT fine-tune variants (fade, distillation weight; one per E and seed chosen on "
@@ -384,8 +422,9 @@ def write_report(args: argparse.Namespace) -> dict[str, Any] | None:
     if not files:
         return None
     results = [json.loads(f.read_text()) for f in files]
-    seeds = sorted({r["seed"] for r in results})
-    rep = report(results, scratch_rows(Path(args.headline) / "jobs", seeds))
+    results = [r for r in results if r["method"] in METHODS]  # scratch jobs: scratch_rows
+    removal = {r["seed"]: r["chosen"]["removed"] for r in results if r["method"] != "lacoot"}
+    rep = report(results, scratch_rows(Path(args.headline) / "jobs", jobs, removal))
     command = "python benchmarks/finetune.py " + " ".join(sys.argv[1:])
     rep |= {"command": command, "budget": BUDGET, "finetune": FINETUNE,
             "environments": [r["environment"] for r in results]}  # fmt: skip
@@ -408,7 +447,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--epochs", type=int, nargs="+", default=[2, 1, 4])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=[*METHODS, "scratch"],
+                   choices=[*METHODS, "scratch"],
+                   help="scratch: the fine-tunes' architecture from scratch, once per seed, "
+                   "unless the headline's same-architecture job is that net")  # fmt: skip
+    p.add_argument("--scratch-epochs", type=int, default=15)
     p.add_argument(
         "--variants",
         nargs="+",
@@ -429,9 +472,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "resnet20, 64 calibration images): what the test runs")  # fmt: skip
     args = p.parse_args(argv)
     if args.smoke:
-        args.epochs, args.seeds, args.calib = [1], [0], 64
+        args.epochs, args.seeds, args.calib, args.scratch_epochs = [1], [0], 64, 1
         args.model_args = args.model_args or {"widths": [4, 4, 8]}
     return args
+
+
+def run_scratch_once(args: argparse.Namespace, seed: int) -> None:
+    """The ``scratch`` job of ``seed`` unless it, or the headline's same net, exists."""
+    jobs = Path(args.out) / "jobs"
+    if not Path(args.pretrained.format(seed=seed)).is_file():
+        return
+    removed = removal_of(args, seed)
+    if scratch_rows(Path(args.headline) / "jobs", jobs, {seed: removed}):
+        return
+    print(f"[{time.strftime('%H:%M:%S')}] scratch-s{seed}: start ({', '.join(removed)})",
+          flush=True)  # fmt: skip
+    res = run_scratch(args, seed, removed)
+    atomic_write_text(jobs / f"scratch-s{seed}.json", json.dumps(res, indent=1) + "\n")
+    print(f"[{time.strftime('%H:%M:%S')}] scratch-s{seed}: test {res['test_accuracy']:.2f}%",
+          flush=True)  # fmt: skip
+    write_report(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs.mkdir(parents=True, exist_ok=True)
         for e in args.epochs:
             for s in args.seeds:
-                todo = [(m, f) for m in args.methods
+                todo = [(m, f) for m in args.methods if m in METHODS
                         for f in (args.variants if m == "lacoot" else [None])]  # fmt: skip
                 for m, f in todo:
                     name = job_name(m, e, s, f)
@@ -457,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{res['test_accuracy']:.2f}% at {res['macs'] / res['full_macs']:.1%} "
                           f"MACs in {res['seconds']:.0f} s", flush=True)  # fmt: skip
                     write_report(args)
+        if "scratch" in args.methods:
+            for s in args.seeds:
+                run_scratch_once(args, s)
     rep = write_report(args)
     if rep is not None:
         print(json.dumps(rep["targets"], indent=1))

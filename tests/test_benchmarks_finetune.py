@@ -28,7 +28,10 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_finetune_smoke_writes_every_method_within_the_budget(finetuned: Path) -> None:
     jobs = {p.stem: json.loads(p.read_text()) for p in (finetuned / "out/finetune/jobs").glob("*")}
     assert set(jobs) == {"lacoot-e1-s0", "lacoot_fade0.9-e1-s0", "lacoot_fade0.9_kd-e1-s0",
-                         "heal-e1-s0", "kd-e1-s0"}  # fmt: skip
+                         "heal-e1-s0", "kd-e1-s0", "scratch-s0"}  # fmt: skip
+    scratch = jobs.pop("scratch-s0")  # the fine-tunes' architecture, from scratch
+    assert scratch["removed"] == jobs["heal-e1-s0"]["chosen"]["removed"]
+    assert scratch["params"] == jobs["heal-e1-s0"]["params"] and len(scratch["history"]) == 1
     assert jobs["lacoot_fade0.9-e1-s0"]["fade"] == 0.9 and jobs["lacoot-e1-s0"]["fade"] == 0.6
     assert jobs["lacoot_fade0.9_kd-e1-s0"]["distill_weight"] == 0.9
     assert not jobs["lacoot_fade0.9-e1-s0"]["distill_weight"]
@@ -41,7 +44,29 @@ def test_finetune_smoke_writes_every_method_within_the_budget(finetuned: Path) -
     assert jobs["heal-e1-s0"]["chosen"] == jobs["kd-e1-s0"]["chosen"]  # the same start
     report = json.loads((finetuned / "out/finetune.json").read_text())
     assert report["targets"]["within_half_point"] is None  # no E = 2 job at this size
-    assert "| removal, then distillation | 1 | [0] |" in (finetuned / "out/finetune.md").read_text()
+    md = (finetuned / "out/finetune.md").read_text()
+    assert "| removal, then distillation | 1 | [0] |" in md
+    assert "| same architecture from scratch (finetune job) | 15 | [0] |" in md
+
+
+def test_finetune_scratch_is_the_fine_tunes_architecture_never_another(tmp_path: Path) -> None:
+    ft = load("finetune")
+    head, own = tmp_path / "headline", tmp_path / "jobs"
+    head.mkdir()
+    own.mkdir()
+
+    def write(path: Path, removed: list[str], test: float) -> None:
+        path.write_text(json.dumps({"removed": removed, "test_accuracy": test, "macs": 5,
+                                    "params": len(removed), "seconds": 1.0}))  # fmt: skip
+
+    write(head / "scratch_same_arch-s0.json", ["a", "b"], 90.0)
+    write(head / "scratch_same_arch-s1.json", ["a", "c"], 91.0)  # another net than s1's
+    assert [r["source"] for r in ft.scratch_rows(head, own, {0: ["b", "a"], 1: ["a", "b"]})] == [
+        "headline"]  # fmt: skip
+    write(own / "scratch-s1.json", ["b", "a"], 92.0)
+    rows = ft.scratch_rows(head, own, {0: ["b", "a"], 1: ["a", "b"]})
+    assert [(r["seed"], r["source"], r["test_accuracy"]) for r in rows] == [
+        (0, "headline", 90.0), (1, "finetune", 92.0)]  # fmt: skip
 
 
 def test_finetune_targets_compare_on_the_seeds_every_method_holds() -> None:
