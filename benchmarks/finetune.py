@@ -421,13 +421,13 @@ def write_report(args: argparse.Namespace) -> dict[str, Any] | None:
     files = sorted(jobs.glob("*.json"))
     if not files:
         return None
-    results = [json.loads(f.read_text()) for f in files]
-    results = [r for r in results if r["method"] in METHODS]  # scratch jobs: scratch_rows
+    loaded = [json.loads(f.read_text()) for f in files]
+    results = [r for r in loaded if r["method"] in METHODS]  # scratch jobs: scratch_rows
     removal = {r["seed"]: r["chosen"]["removed"] for r in results if r["method"] != "lacoot"}
     rep = report(results, scratch_rows(Path(args.headline) / "jobs", jobs, removal))
     command = "python benchmarks/finetune.py " + " ".join(sys.argv[1:])
     rep |= {"command": command, "budget": BUDGET, "finetune": FINETUNE,
-            "environments": [r["environment"] for r in results]}  # fmt: skip
+            "environments": [r["environment"] for r in loaded]}  # fmt: skip
     stem = Path(args.out).parent / Path(args.out).name
     atomic_write_text(stem.with_suffix(".json"), json.dumps(rep, indent=1) + "\n")
     atomic_write_text(stem.with_suffix(".md"), markdown(rep, rep["environments"], command))
