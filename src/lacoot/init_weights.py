@@ -19,7 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["InitFile", "read_init", "load_init", "init_shapes", "weights_mismatch", "file_sha256"]
+__all__ = [
+    "InitFile", "read_init", "load_init", "init_shapes", "weights_mismatch", "file_sha256",
+    "weights_sha256",
+]  # fmt: skip
 
 WRITERS = (
     "a lacoot checkpoint, a model file of lacoot export (.pt), "
@@ -33,6 +36,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """The SHA-256 digest of a model's weights: every tensor of its state dict, name and bytes,
+    in order (for weights that are no single file, such as a ``save_pretrained`` folder)."""
+    h = hashlib.sha256()
+    for key, t in model.state_dict().items():
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -300,28 +300,25 @@ def load_lm_teacher(
     ``(B * T, V)`` as the student's are; returned with its record ``{"path", "format",
     "sha256"}`` (of the file; of the weights for a folder). A teacher whose vocabulary (token
     to id) or number of logits differs from the student's is a ``ValueError`` naming both."""
-    from .checkpoint import faded_blocks, safe_torch_load
-    from .init_weights import file_sha256, weights_mismatch
+    from .checkpoint import CheckpointError, faded_blocks, safe_torch_load
+    from .init_weights import file_sha256, weights_sha256
     from .model_source import load_hf, split_source
 
     if split_source(value)[0] == "hf":
         teacher, theirs = load_hf(value)
         where = Path(split_source(value)[1])
         kind = "gguf file" if where.suffix.lower() == ".gguf" else "hf folder"
-        digest = file_sha256(where) if where.is_file() else _weights_sha256(teacher)
+        digest = file_sha256(where) if where.is_file() else weights_sha256(teacher)
     else:
         state = safe_torch_load(value, "--teacher", LM_TEACHERS)
         name = (state.get("model_spec") or {}).get("name", "") if isinstance(state, dict) else ""
         if not name.startswith("hf:") or "model" not in state:
             raise ValueError(f"--teacher {value!r} is not a checkpoint of lacoot train on a "
                              f"language model; expected {LM_TEACHERS}")  # fmt: skip
-        teacher, theirs = load_hf(name)
         try:
-            teacher.load_state_dict(state["model"], strict=True)
-        except RuntimeError:
-            why = weights_mismatch(teacher, state["model"])
-            raise ValueError(f"--teacher {value!r} does not fit {name} ({why}); expected the "
-                             "model folder it was trained from") from None  # fmt: skip
+            teacher, theirs = lm_from_checkpoint(state, value)
+        except CheckpointError as exc:
+            raise ValueError(f"--teacher: {exc}") from None
         faded = faded_blocks(state)
         teacher = remove_blocks(teacher, faded) if faded else teacher
         kind, digest = "lacoot checkpoint", file_sha256(value)
@@ -336,15 +333,25 @@ def load_lm_teacher(
     return teacher.to(device).eval(), {"path": value, "format": kind, "sha256": digest}
 
 
-def _weights_sha256(model: nn.Module) -> str:
-    """SHA-256 of a model's weights: every tensor of its state dict, names and bytes, in order."""
-    import hashlib
+def lm_from_checkpoint(state: dict[str, Any], checkpoint: str) -> tuple[nn.Module, Any]:
+    """The language model a ``lacoot train`` checkpoint trained (its folder ``hf:...`` loaded,
+    the checkpoint's weights in it) and its tokenizer; weights that do not fit are a
+    :class:`lacoot.checkpoint.CheckpointError` naming them."""
+    from .checkpoint import CheckpointError
+    from .init_weights import weights_mismatch
+    from .model_source import load_hf
 
-    h = hashlib.sha256()
-    for key, t in model.state_dict().items():
-        h.update(key.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    name = state["model_spec"]["name"]
+    model, tokenizer = load_hf(name)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError:
+        why = weights_mismatch(model, state["model"])
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r} does not fit {name} ({why}); expected the model "
+            "folder it was trained from"
+        ) from None
+    return model, tokenizer
 
 
 def lm_checkpoint_subject(
@@ -354,22 +361,11 @@ def lm_checkpoint_subject(
     """A language model trained by ``lacoot train``: rebuilt from its folder (``hf:...``) with
     the checkpoint's weights, and its corpus split as in the training (the validation split
     calibrates, or the training split with ``val_from="train"`` when none was held out)."""
-    from .checkpoint import CheckpointError
     from .data.text import TextLoader, load_text
-    from .init_weights import weights_mismatch
-    from .model_source import load_hf
 
     spec, ds = state["model_spec"], dict(state["data_spec"])
     ds["data_dir"] = data_dir if data_dir is not None else ds["data_dir"]
-    model, tokenizer = load_hf(spec["name"])
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError:
-        why = weights_mismatch(model, state["model"])
-        raise CheckpointError(
-            f"checkpoint {checkpoint!r} does not fit {spec['name']} ({why}); expected the model "
-            "folder it was trained from"
-        ) from None
+    model, tokenizer = lm_from_checkpoint(state, checkpoint)
     model.to(device).eval()
     splits = load_text(ds["data_dir"], tokenizer, ds["seq_len"], ds["val_fraction"],
                        ds["test_fraction"], ds["split_seed"], say)  # fmt: skip
