@@ -197,12 +197,22 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
             "finetune": FINETUNE, "environment": environment(args)}  # fmt: skip
 
 
+def removals(results: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """Per seed, the blocks heal and distillation remove (the same training-free choice)."""
+    return {r["seed"]: list(r["chosen"]["removed"]) for r in results
+            if r["method"] in ("heal", "kd")}  # fmt: skip
+
+
+def load_jobs(jobs: Path) -> list[dict[str, Any]]:
+    """Every job file of ``jobs``, fine-tunes and scratch nets."""
+    return [json.loads(f.read_text()) for f in sorted(jobs.glob("*.json"))]
+
+
 def removal_of(args: argparse.Namespace, seed: int) -> list[str]:
     """The blocks heal and distillation remove at ``seed`` (their job files, else chosen anew)."""
-    for f in sorted((Path(args.out) / "jobs").glob(f"*-s{seed}.json")):
-        r = json.loads(f.read_text())
-        if r["method"] in ("heal", "kd"):
-            return list(r["chosen"]["removed"])
+    known = removals(load_jobs(Path(args.out) / "jobs"))
+    if seed in known:
+        return known[seed]
     dev = resolve_device(args.device)
     data = prepare_data(run_config(args, seed).data_spec(), dev, seed=seed)
     example = torch.zeros(1, *data.image_shape, device=dev)
@@ -418,13 +428,11 @@ def plot(rep: dict[str, Any], path: Path) -> None:
 
 def write_report(args: argparse.Namespace) -> dict[str, Any] | None:
     jobs = Path(args.out) / "jobs"
-    files = sorted(jobs.glob("*.json"))
-    if not files:
+    loaded = load_jobs(jobs)
+    if not loaded:
         return None
-    loaded = [json.loads(f.read_text()) for f in files]
     results = [r for r in loaded if r["method"] in METHODS]  # scratch jobs: scratch_rows
-    removal = {r["seed"]: r["chosen"]["removed"] for r in results if r["method"] != "lacoot"}
-    rep = report(results, scratch_rows(Path(args.headline) / "jobs", jobs, removal))
+    rep = report(results, scratch_rows(Path(args.headline) / "jobs", jobs, removals(results)))
     command = "python benchmarks/finetune.py " + " ".join(sys.argv[1:])
     rep |= {"command": command, "budget": BUDGET, "finetune": FINETUNE,
             "environments": [r["environment"] for r in loaded]}  # fmt: skip
