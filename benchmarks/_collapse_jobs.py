@@ -35,6 +35,17 @@ from lacoot.train import train
 REPAIRS = ("none", "bn", "linear")
 
 
+PLAIN = {"lam": 0.0, "target_macs": None, "fade": 0.0}  # vanilla: no penalty, no budget, no fade
+
+
+def job_config(args: Any, seed: int, **values: Any) -> RunConfig:
+    """A benchmark job's configuration: the model, data folder and device of ``args`` (a
+    benchmark's parsed command line), ``seed``, no progress bars, and ``values`` on top."""
+    base = {"model": args.model, "model_args": dict(args.model_args), "data_dir": args.data_dir,
+            "seed": seed, "device": args.device, "progress": False}  # fmt: skip
+    return RunConfig.from_dict(base | values)
+
+
 def spread_order(blocks: list[Block]) -> list[str]:
     """One block from each stage (:func:`lacoot.collapse.stages`) in turn, stages from the
     deepest, the deepest remaining block first: the removal order of the deepest-first shallow

@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _collapse_jobs import spread_order, sweep_every_way, train_scratch  # noqa: E402
+from _collapse_jobs import job_config, spread_order, sweep_every_way, train_scratch  # noqa: E402
 
 from lacoot._io import atomic_write_text  # noqa: E402
 from lacoot.blocks import Block  # noqa: E402
@@ -228,20 +228,16 @@ def best_val_at(res: dict[str, Any], k: int) -> float:
 
 # ------------------------------------------------------------------------------ one job
 def run_config(args: argparse.Namespace, job: Job) -> RunConfig:
-    values = {
-        "model": args.model,
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "epochs": job.epochs,
-        "schedule": "onecycle",
-        "seed": args.seed,
-        "device": args.device,
-        "out": str(Path(args.work) / job.name),
-        "progress": False,
-        "amp": args.amp,
-        "model_args": dict(args.model_args),
-    }
-    return RunConfig.from_dict(values | job.overrides)
+    return job_config(
+        args,
+        args.seed,
+        dataset=args.dataset,
+        epochs=job.epochs,
+        schedule="onecycle",
+        out=str(Path(args.work) / job.name),
+        amp=args.amp,
+        **job.overrides,
+    )
 
 
 def estimator_ratio(model: torch.nn.Module, blocks: list[Block], loader: Any) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _collapse_jobs import git_commit, train_resumably, train_scratch  # noqa: E402
+from _collapse_jobs import PLAIN, git_commit, job_config, train_resumably, train_scratch  # noqa: E402
 from _common import cpu_model, loadavg  # noqa: E402
 
 from lacoot._io import atomic_write_text  # noqa: E402
@@ -69,7 +69,6 @@ REPAIRS = ("none", "bn", "linear")
 BUDGET = 0.55  # fraction of the full model's MACs
 FINETUNE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
             "weight_decay": 5e-4, "schedule": "onecycle"}  # fmt: skip
-PLAIN = {"lam": 0.0, "target_macs": None, "fade": 0.0}
 TARGET_EPOCHS = 2  # the targets' E
 HALF_POINT = 0.5
 
@@ -126,10 +125,7 @@ def figures(model: torch.nn.Module, data: Any, example: torch.Tensor) -> dict[st
 
 # ----------------------------------------------------------------------------------- one job
 def run_config(args: argparse.Namespace, seed: int, **values: Any) -> RunConfig:
-    base = {"model": args.model, "model_args": args.model_args, "dataset": "fashion-mnist",
-            "data_dir": args.data_dir, "seed": seed, "device": args.device,
-            "progress": False}  # fmt: skip
-    return RunConfig.from_dict(base | FINETUNE | values)
+    return job_config(args, seed, dataset="fashion-mnist", **FINETUNE | values)
 
 
 def variant(text: str | None) -> tuple[float, bool]:
@@ -223,12 +219,14 @@ def removal_of(args: argparse.Namespace, seed: int) -> list[str]:
 def run_scratch(args: argparse.Namespace, seed: int, removed: list[str]) -> dict[str, Any]:
     """``removed``'s architecture trained from scratch as the headline trains its nets."""
     t0 = time.perf_counter()
-    cfg = RunConfig.from_dict({"model": args.model, "model_args": args.model_args,
-                               "dataset": "fashion-mnist", "data_dir": args.data_dir,
-                               "epochs": args.scratch_epochs, "seed": seed,
-                               "device": args.device, "out": str(Path(args.work) /
-                                                                 f"scratch-s{seed}"),
-                               "progress": False} | PLAIN)  # fmt: skip
+    cfg = job_config(
+        args,
+        seed,
+        dataset="fashion-mnist",
+        epochs=args.scratch_epochs,
+        out=str(Path(args.work) / f"scratch-s{seed}"),
+        **PLAIN,
+    )
     _, figs = train_scratch(cfg, removed)
     return {"method": "scratch", "seed": seed, "epochs": args.scratch_epochs, **figs,
             "run_config": cfg.to_dict(), "train_seconds": time.perf_counter() - t0,

@@ -47,7 +47,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _collapse_jobs import (  # noqa: E402
+    PLAIN,
     git_commit,
+    job_config,
     model_spec,
     spread_order,
     sweep_every_way,
@@ -88,29 +90,24 @@ def plan(seeds: list[int]) -> list[tuple[str, int]]:
 
 def overrides(job: str, blocks: list[Any]) -> dict[str, Any]:
     """The training options of ``job`` on top of ``TrainConfig``'s defaults."""
-    plain = {"lam": 0.0, "target_macs": None, "fade": 0.0}  # no penalty, no budget, no fade
     if job == "lacoot_default":
         return {}
     if job == "paper":
         n_stages = len({b.shape for b in blocks})
         return {"lam": 5.0, "method": "random", "n_projections": 50, "target_macs": None,
                 "fade": 0.0, "penalize": spread_order(blocks)[:n_stages]}  # fmt: skip
-    return plain  # vanilla and the from-scratch nets
+    return PLAIN  # vanilla and the from-scratch nets
 
 
 def run_config(args: argparse.Namespace, job: str, seed: int, blocks: list[Any]) -> RunConfig:
-    values = {
-        "model": args.model,
-        "model_args": dict(args.model_args),
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "epochs": args.epochs,
-        "seed": seed,
-        "device": args.device,
-        "out": str(Path(args.work) / f"{job}-s{seed}"),
-        "progress": False,
-    }
-    return RunConfig.from_dict(values | overrides(job, blocks))
+    return job_config(
+        args,
+        seed,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        out=str(Path(args.work) / f"{job}-s{seed}"),
+        **overrides(job, blocks),
+    )
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
