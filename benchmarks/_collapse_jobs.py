@@ -1,12 +1,15 @@
-"""What the collapse benchmarks share: train a model (resumably), train a shallow net from
-scratch, and sweep a checkpoint every way through the pipeline's own sweep.
+"""What the collapse benchmarks share: their jobs' options and configuration, training a model
+(resumably), training a shallow net from scratch, and sweeping a checkpoint every way through the
+pipeline's own sweep.
 
-``collapse_quality.py`` and ``headline.py`` both build on these, so a model is measured the same
-way wherever its figures appear.
+``collapse_quality.py``, ``headline.py`` and ``finetune.py`` build on these, so a model is
+configured and measured the same way wherever its figures appear.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -38,11 +41,23 @@ REPAIRS = ("none", "bn", "linear")
 PLAIN = {"lam": 0.0, "target_macs": None, "fade": 0.0}  # vanilla: no penalty, no budget, no fade
 
 
-def job_config(args: Any, seed: int, **values: Any) -> RunConfig:
-    """A benchmark job's configuration: the model, data folder and device of ``args`` (a
-    benchmark's parsed command line), ``seed``, no progress bars, and ``values`` on top."""
-    base = {"model": args.model, "model_args": dict(args.model_args), "data_dir": args.data_dir,
-            "seed": seed, "device": args.device, "progress": False}  # fmt: skip
+def add_job_args(p: argparse.ArgumentParser, device: str = "cpu") -> None:
+    """The options every collapse benchmark takes for its jobs (read by :func:`job_config`)."""
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--model-args", type=json.loads, default={}, help="JSON constructor args")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default=device)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--calib", type=int, default=2048, help="calibration images of a repair")
+
+
+def job_config(args: argparse.Namespace, seed: int, **values: Any) -> RunConfig:
+    """A benchmark job's configuration: the options of :func:`add_job_args` in ``args``,
+    ``seed``, no progress bars, and ``values`` on top."""
+    base = {"model": args.model, "model_args": dict(args.model_args), "dataset": args.dataset,
+            "data_dir": args.data_dir, "seed": seed, "device": args.device,
+            "progress": False}  # fmt: skip
     return RunConfig.from_dict(base | values)
 
 

@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _collapse_jobs import job_config, spread_order, sweep_every_way, train_scratch  # noqa: E402
+from _collapse_jobs import add_job_args, job_config, spread_order, sweep_every_way, train_scratch  # noqa: E402
 
 from lacoot._io import atomic_write_text  # noqa: E402
 from lacoot.blocks import Block  # noqa: E402
@@ -231,7 +231,6 @@ def run_config(args: argparse.Namespace, job: Job) -> RunConfig:
     return job_config(
         args,
         args.seed,
-        dataset=args.dataset,
         epochs=job.epochs,
         schedule="onecycle",
         out=str(Path(args.work) / job.name),
@@ -329,19 +328,13 @@ def run_job(args: argparse.Namespace, job: Job) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- the driver
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--model-args", type=json.loads, default={}, help="JSON constructor args")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", default=None)
+    add_job_args(p, device="auto")  # --threads: per worker; default: the cores over --jobs
     p.add_argument("--screen-epochs", type=int, default=4)
     p.add_argument("--main-epochs", type=int, default=15)
     p.add_argument("--scratch-k", type=int, nargs="+", default=list(SCRATCH_K),
                    help="removed blocks of the shallow nets trained from scratch")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
-    p.add_argument("--device", default="auto")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--calib", type=int, default=2048, help="calibration images of a repair")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="*", default=None, help="run only these job names")
     p.add_argument("--deadline", type=float, default=None, help="seconds: start no job after")

@@ -46,7 +46,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _collapse_jobs import PLAIN, git_commit, job_config, train_resumably, train_scratch  # noqa: E402
+from _collapse_jobs import (  # noqa: E402
+    PLAIN,
+    add_job_args,
+    git_commit,
+    job_config,
+    train_resumably,
+    train_scratch,
+)
 from _common import cpu_model, loadavg  # noqa: E402
 
 from lacoot._io import atomic_write_text  # noqa: E402
@@ -125,7 +132,7 @@ def figures(model: torch.nn.Module, data: Any, example: torch.Tensor) -> dict[st
 
 # ----------------------------------------------------------------------------------- one job
 def run_config(args: argparse.Namespace, seed: int, **values: Any) -> RunConfig:
-    return job_config(args, seed, dataset="fashion-mnist", **FINETUNE | values)
+    return job_config(args, seed, **FINETUNE | values)
 
 
 def variant(text: str | None) -> tuple[float, bool]:
@@ -222,7 +229,6 @@ def run_scratch(args: argparse.Namespace, seed: int, removed: list[str]) -> dict
     cfg = job_config(
         args,
         seed,
-        dataset="fashion-mnist",
         epochs=args.scratch_epochs,
         out=str(Path(args.work) / f"scratch-s{seed}"),
         **PLAIN,
@@ -444,13 +450,11 @@ def write_report(args: argparse.Namespace) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------------- driver
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_job_args(p)
     p.add_argument("--pretrained", default="docs/results/headline/models/vanilla-s{seed}.pt",
                    help="the pretrained model of each seed ({seed} replaced)")  # fmt: skip
     p.add_argument("--headline", default="docs/results/headline",
                    help="the headline's output (its same-architecture scratch jobs)")  # fmt: skip
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--model-args", type=json.loads, default={})
-    p.add_argument("--data-dir", default=None)
     p.add_argument("--epochs", type=int, nargs="+", default=[2, 1, 4])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", nargs="+", default=[*METHODS, "scratch"],
@@ -467,9 +471,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--distill-weight", type=float, default=0.9)
     p.add_argument("--distill-temperature", type=float, default=4.0)
-    p.add_argument("--calib", type=int, default=2048, help="calibration images of a repair")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--work", default="runs/finetune", help="checkpoints")
     p.add_argument("--out", default="docs/benchmarks/finetune",
                    help="job results in OUT/jobs; the report as OUT.json/.md/.png")  # fmt: skip

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _collapse_jobs import (  # noqa: E402
     PLAIN,
+    add_job_args,
     git_commit,
     job_config,
     model_spec,
@@ -103,7 +104,6 @@ def run_config(args: argparse.Namespace, job: str, seed: int, blocks: list[Any])
     return job_config(
         args,
         seed,
-        dataset=args.dataset,
         epochs=args.epochs,
         out=str(Path(args.work) / f"{job}-s{seed}"),
         **overrides(job, blocks),
@@ -463,15 +463,9 @@ def write_headline(out: Path) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- the driver
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--model-args", type=json.loads, default={}, help="JSON constructor args")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-dir", default=None)
+    add_job_args(p)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--calib", type=int, default=2048, help="calibration images of a repair")
     p.add_argument("--orders", nargs="+", default=None, help="default: every criterion")
     p.add_argument("--only", nargs="+", default=None, help="run only these jobs")
     p.add_argument("--work", default="runs/headline", help="checkpoints and logs")
