@@ -22,6 +22,7 @@ import torch
 from . import distributed as dist_
 from ._io import atomic_write_bytes
 from ._version import __version__
+from .init_weights import weights_mismatch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -104,6 +105,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{CHECKPOINT_FORMAT}"
         )
     return state
+
+
+def load_trained_weights(
+    model: torch.nn.Module, state: dict[str, Any], path: str | os.PathLike, fits: str,
+    expected: str = "",
+) -> None:  # fmt: skip
+    """Load a checkpoint's trained weights (``state["model"]``) into ``model``, every key matched.
+
+    Weights that do not fit are a :class:`CheckpointError` naming the checkpoint ``path``, what
+    they should fit (``fits``), how they differ and, when given, what was ``expected``.
+    """
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError:
+        why = weights_mismatch(model, state["model"])
+        hint = f"; expected {expected}" if expected else ""
+        msg = f"checkpoint {str(path)!r} does not fit {fits} ({why}){hint}"
+        raise CheckpointError(msg) from None
 
 
 def faded_blocks(state: dict[str, Any]) -> list[str]:

@@ -337,20 +337,13 @@ def lm_from_checkpoint(state: dict[str, Any], checkpoint: str) -> tuple[nn.Modul
     """The language model a ``lacoot train`` checkpoint trained (its folder ``hf:...`` loaded,
     the checkpoint's weights in it) and its tokenizer; weights that do not fit are a
     :class:`lacoot.checkpoint.CheckpointError` naming them."""
-    from .checkpoint import CheckpointError
-    from .init_weights import weights_mismatch
+    from .checkpoint import load_trained_weights
     from .model_source import load_hf
 
     name = state["model_spec"]["name"]
     model, tokenizer = load_hf(name)
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError:
-        why = weights_mismatch(model, state["model"])
-        raise CheckpointError(
-            f"checkpoint {checkpoint!r} does not fit {name} ({why}); expected the model "
-            "folder it was trained from"
-        ) from None
+    load_trained_weights(model, state, checkpoint, name,
+                         expected="the model folder it was trained from")  # fmt: skip
     return model, tokenizer
 
 

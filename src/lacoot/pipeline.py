@@ -29,13 +29,13 @@ from torch import nn
 
 from ._io import atomic_write_text
 from .blocks import Block, find_blocks, remove_blocks
-from .checkpoint import CheckpointError, faded_blocks, load_checkpoint
+from .checkpoint import CheckpointError, faded_blocks, load_checkpoint, load_trained_weights
 from .collapse import Sweep, SweepPoint, sweep
 from .config import LM_DEFAULTS, CollapseConfig, RunConfig
 from .criteria import score_blocks
 from .device import resolve_device
 from .distributed import barrier, broadcast_object, env_rank, info, init_from_env, shutdown
-from .init_weights import init_shapes, load_init, read_init, weights_mismatch
+from .init_weights import init_shapes, load_init, read_init
 from .metrics import Memoized, top1_accuracy
 from .model_source import build_model
 from .outdir import OutputFolder, command_line
@@ -177,15 +177,10 @@ def model_from_checkpoint(
             raise CheckpointError(
                 f"checkpoint {str(path)!r} has no {key!r}; was it written by lacoot train?"
             )
-    model = build_model(state["model_spec"])
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError:
-        why = weights_mismatch(model, state["model"])
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit model {state['model_spec']['name']!r} "
-            f"with {state['model_spec']['num_classes']} classes ({why})"
-        ) from None
+    spec = state["model_spec"]
+    model = build_model(spec)
+    load_trained_weights(model, state, path,
+                         f"model {spec['name']!r} with {spec['num_classes']} classes")  # fmt: skip
     model.to(device).eval()
     blocks = find_blocks(model, _example(state["image_shape"], device))
     return model, blocks, state["data_spec"]
