@@ -2,9 +2,9 @@
 
 * the README's results section (between ``<!-- results:start`` and ``<!-- results:end -->``),
   from the committed JSON files it names: ``docs/results/headline/headline.json``
-  (``benchmarks/headline.py`` on CPU) and, until that headline has three seeds of every model,
-  the partial figures of the same command on a GPU (``docs/results/headline-cuda/``) and the
-  pointer to the older seed-0 figures (``docs/benchmarks/headline.json``);
+  (``benchmarks/headline.py`` on CPU), a link to the same command's run on a GPU
+  (``docs/results/headline-cuda/``) and, until the CPU headline has three seeds of every model,
+  the pointer to the older seed-0 figures (``docs/benchmarks/headline.json``);
 * ``docs/reference/cli.md``: every subcommand's ``--help``, from the parser the command builds;
 * ``docs/reference/api.md``: every name of ``lacoot.__all__``, its signature and the first
   paragraph of its docstring.
@@ -49,6 +49,14 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _count(params: int | list[int]) -> str:
+    """A parameter count, or the range of the seeds' counts where they differ."""
+    if not isinstance(params, list):
+        return f"{params:,}"
+    lo, hi = min(params), max(params)
+    return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+
+
 def _test(row: dict[str, Any]) -> str:
     std = f" ± {row['test_std']:.2f}" if row.get("test_std") is not None else ""
     return f"{row['test_mean']:.2f}{std}"
@@ -81,11 +89,11 @@ def new_table(h: dict[str, Any], path: Path) -> list[str]:
                    None)  # fmt: skip
         if row is None:
             continue
-        params, macs = _one(row["params"]), _one(row["macs_fraction"])
+        macs = _one(row["macs_fraction"])
         how = "trained" if not row["order"] else "-" if row["k"] == 0 else (
             f"{row['order']} / {row['repair']}")  # fmt: skip
         lines.append(
-            f"| {label} | {row['k']} | {f'{params:,}' if params else 'per seed'} | "
+            f"| {label} | {row['k']} | {_count(row['params'])} | "
             f"{_pct(macs) if macs else 'per seed'} | {_test(row)} | {how} | "
             f"{', '.join(map(str, row['seeds']))} |"
         )
@@ -97,8 +105,9 @@ def new_table(h: dict[str, Any], path: Path) -> list[str]:
         f = t.get(fig, {})
         on = f" (seeds {', '.join(map(str, f['seeds']))}: " if f else ""
         if "gap_by_k" in f:
-            worst = min(f["gap_by_k"], key=lambda key: f["gap_by_k"][key])
-            on += f"smallest gap {f['gap_by_k'][worst]:+.2f} at k = {worst})"
+            ks = sorted(f["gap_by_k"], key=int)
+            gaps = ", ".join(f"{f['gap_by_k'][key]:+.2f}" for key in ks)
+            on += f"gap at k = {ks[0]}..{ks[-1]}: {gaps})"
         elif f:
             a, b = (v for key, v in f.items() if key not in ("gap", "seeds", "macs_fraction"))
             on += f"{a:.2f} against {b:.2f})"
@@ -111,21 +120,29 @@ def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+INTRO = (
+    "`python benchmarks/headline.py` trains, in one environment (CPU, float32) and for seeds 0, 1 "
+    "and 2: vanilla, `lacoot run`'s defaults, the paper's configuration, the exact architecture "
+    "`lacoot run`'s model collapses to trained from scratch, and a deepest-first shallow net; "
+    "every model is swept in every order with every repair"
+)
+
+
 def readme_block() -> str:
     cpu, gpu, old = _load(NEW), _load(GPU), json.loads(OLD.read_text())
+    where = "([`docs/results/headline/`](docs/results/headline/))"
     if complete(cpu):
-        lines = new_table(cpu, NEW)
+        lines = [
+            f"{INTRO} {where}; what the targets mean, and what the figures show: "
+            "[`docs/results/`](docs/results/README.md).",
+            "",
+            *new_table(cpu, NEW),
+        ]
     else:
         seeds = (cpu or {}).get("seeds", {})
         done = ", ".join(f"{job} (seeds {', '.join(map(str, s))})" for job, s in seeds.items())
-        lines = [
-            "**The three-seed headline is in progress.** `python benchmarks/headline.py` trains, "
-            "in one environment (CPU, float32) and for seeds 0, 1 and 2: vanilla, `lacoot run`'s "
-            "defaults, the paper's configuration, the exact architecture `lacoot run`'s model "
-            "collapses to trained from scratch, and a deepest-first shallow net; every model is "
-            "swept in every order with every repair. Finished so far on CPU: "
-            f"{done or 'none yet'} ([`docs/results/headline/`](docs/results/headline/)).",
-        ]
+        lines = [f"**The three-seed headline is in progress.** {INTRO}. Finished so far on CPU: "
+                 f"{done or 'none yet'} {where}."]  # fmt: skip
         shown = next(((h, path, what) for h, path, what in
                       ((cpu, NEW, "on CPU"), (gpu, GPU, "on one GPU"))
                       if h is not None and "lacoot_default" in h["seeds"]), None)  # fmt: skip
@@ -133,10 +150,6 @@ def readme_block() -> str:
             h, path, what = shown
             lines += ["", f"Its partial figures {what} (the models and seeds missing from the "
                       "table have not finished):", "", *new_table(h, path)]  # fmt: skip
-            if path == NEW and gpu is not None:
-                lines += ["", "A partial run of the same command on one GPU (bfloat16, another "
-                          "environment, never merged with this one): "
-                          f"[`{_rel(GPU.parent)}/`]({_rel(GPU.parent)}/)."]  # fmt: skip
         lines += [
             "",
             f"The seed-0 figures shown here before ({old['best']['test']:.2f}% at "
@@ -145,6 +158,10 @@ def readme_block() -> str:
             "baseline without its best repair); [`docs/results/`](docs/results/README.md) keeps "
             "them with those caveats.",
         ]
+    if gpu is not None:
+        lines += ["", "A partial run of the same command on one GPU (bfloat16, another "
+                  "environment, never merged with this one): "
+                  f"[`{_rel(GPU.parent)}/`]({_rel(GPU.parent)}/)."]  # fmt: skip
     return "\n".join([START + " (generated by scripts/gen_docs.py; do not edit) -->",
                       *map(_wrap, lines), END])  # fmt: skip
 

@@ -4,6 +4,7 @@ generated from the committed JSON it cites, and the reference covers every optio
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,24 @@ def test_readme_results_are_generated_from_the_json_they_cite() -> None:
     block = text[text.index(gd.START) : text.index(gd.END)]
     for cited in re.findall(r"\]\((docs/[^)]+\.json)\)", block):
         assert (ROOT / cited).is_file(), f"README cites {cited}, which does not exist"
+
+
+@pytest.mark.parametrize("missing", [None, "paper"])
+def test_readme_results_say_in_progress_until_every_model_has_every_seed(
+    monkeypatch: pytest.MonkeyPatch, missing: str | None
+) -> None:
+    gd = gen_docs()
+    h = json.loads(gd.NEW.read_text())
+    h["seeds"] = {job: list(gd.SEEDS) for job in gd.LABELS if job != "vanilla_best_repair"}
+    if missing:
+        h["seeds"][missing] = gd.SEEDS[:1]
+    load = gd._load
+    monkeypatch.setattr(gd, "_load", lambda path: h if path == gd.NEW else load(path))
+    block = gd.readme_block()
+    assert ("in progress" in block) == bool(missing)
+    assert "python benchmarks/headline.py" in block  # the one command, either way
+    rows = [line for line in block.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + sum(1 for job in gd.LABELS if h["rows"].get(job))  # header + rows
 
 
 def test_no_hand_written_figures_outside_the_generated_results() -> None:
