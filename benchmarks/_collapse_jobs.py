@@ -92,6 +92,13 @@ def git_commit(root: Path | None = None) -> str:
     return head + ("-dirty" if dirty else "")
 
 
+def epoch_seconds(history: Sequence[dict[str, Any]]) -> float:
+    """The seconds a training's epochs took, summed from its log (``history``): right for a run
+    resumed from its checkpoint or reused complete, where the wall time of the last process
+    counts only what that process did; set-up, the removal's choice and the sweeps not counted."""
+    return round(sum(e["seconds"] for e in history), 1)
+
+
 def train_resumably(cfg: RunConfig) -> Path:
     """``cfg.out/checkpoint.pt`` trained for ``cfg.epochs`` epochs: reused when complete,
     resumed when a run was interrupted, else trained from the start."""

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _collapse_jobs import (  # noqa: E402
     PLAIN,
     add_job_args,
+    epoch_seconds,
     git_commit,
     job_config,
     train_resumably,
@@ -171,7 +172,6 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
         cfg = run_config(args, seed, epochs=epochs, init=pretrained, target_warmup=0, fade=fade,
                          out=str(out), **teach)  # fmt: skip
         ckpt = train_resumably(cfg)
-        trained = time.perf_counter() - t0
         state = load_checkpoint(ckpt, map_location=dev)
         model, _, _ = model_from_checkpoint(state, ckpt, dev)
         faded = faded_blocks(state)
@@ -181,21 +181,19 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
         history = state["history"]
     else:
         choice, shallow = best_removal(vanilla, data, example, seed, args.calib)
-        chose = time.perf_counter() - t0
         kd = {"distill_weight": args.distill_weight, "distill_temperature":
               args.distill_temperature} if method == "kd" else {}  # fmt: skip
         plain = run_config(args, seed, epochs=epochs, **PLAIN).train_config().to_dict()
         tcfg = TrainConfig.from_dict(plain | kd)
         result = train(shallow, [], data.train, data.val, tcfg, device=dev, progress=False,
                        teacher=vanilla if method == "kd" else None)  # fmt: skip
-        trained = time.perf_counter() - t0 - chose
         history, faded = result.history, []
     return {"method": method, "epochs": epochs, "seed": seed, "pretrained": pretrained,
             "fade": cfg.fade if method == "lacoot" else None,
             "distill_weight": cfg.distill_weight if method == "lacoot" else None,
             "vanilla": full, "chosen": choice["chosen"], "candidates": choice["candidates"],
             "faded": list(faded), **figures(shallow, data, example),
-            "full_macs": full["macs"], "train_seconds": trained,
+            "full_macs": full["macs"], "train_seconds": epoch_seconds(history),
             "seconds": time.perf_counter() - t0, "history": history,
             "finetune": FINETUNE, "environment": environment(args)}  # fmt: skip
 
@@ -225,7 +223,6 @@ def removal_of(args: argparse.Namespace, seed: int) -> list[str]:
 
 def run_scratch(args: argparse.Namespace, seed: int, removed: list[str]) -> dict[str, Any]:
     """``removed``'s architecture trained from scratch as the headline trains its nets."""
-    t0 = time.perf_counter()
     cfg = job_config(
         args,
         seed,
@@ -235,7 +232,7 @@ def run_scratch(args: argparse.Namespace, seed: int, removed: list[str]) -> dict
     )
     _, figs = train_scratch(cfg, removed)
     return {"method": "scratch", "seed": seed, "epochs": args.scratch_epochs, **figs,
-            "run_config": cfg.to_dict(), "train_seconds": time.perf_counter() - t0,
+            "run_config": cfg.to_dict(), "train_seconds": epoch_seconds(figs["history"]),
             "environment": environment(args)}  # fmt: skip
 
 
@@ -263,10 +260,9 @@ def scratch_rows(
         for f, source in ((own, "finetune"), (theirs, "headline")):
             r = json.loads(f.read_text()) if f.is_file() else None
             if r is not None and set(r["removed"]) == set(removed):
-                secs = r.get("train_seconds", r.get("seconds"))
                 rows.append({"seed": s, "test_accuracy": r["test_accuracy"], "macs": r["macs"],
                              "params": r["params"], "removed": r["removed"], "source": source,
-                             "train_seconds": secs})  # fmt: skip
+                             "train_seconds": epoch_seconds(r["history"])})  # fmt: skip
                 break
     return rows
 
@@ -309,7 +305,8 @@ def report(results: list[dict[str, Any]], scratch: list[dict[str, Any]]) -> dict
                              "how": [f"{r['chosen']['order']}/{r['chosen']['repair']}"
                                      + (_variant_text(r) if m == "lacoot" else "")
                                      for r in rs],
-                             "train_seconds": _mean([r["train_seconds"] for r in rs])})  # fmt: skip
+                             "train_seconds": _mean([epoch_seconds(r["history"])
+                                                     for r in rs])})  # fmt: skip
     vanilla = {r["seed"]: r["vanilla"]["test_accuracy"] for r in results}
     return {"rows": rows, "vanilla": vanilla, "scratch": scratch, "lacoot_variants": variants,
             "targets": targets(results, scratch)}  # fmt: skip
@@ -354,8 +351,9 @@ def markdown(rep: dict[str, Any], envs: list[dict[str, Any]], command: str) -> s
         f"Budget: at most {BUDGET:.0%} of the MACs. Fine-tune schedule: "
         + ", ".join(f"{k} {v}" for k, v in FINETUNE.items())
         + ". Removal: for each order x repair the fewest blocks within the budget after the "
-        "repair, the pair chosen on validation. `train s`: seconds of training (the removal's "
-        "choice not counted); one CPU thread, another job running beside it. LaCoOT had its "
+        "repair, the pair chosen on validation. `train s`: the seconds the training epochs "
+        "took, summed from each job's training log (set-up and the removal's choice not "
+        "counted); one CPU thread, another job running beside it. LaCoOT had its "
         "variants (below) chosen on validation; heal and distillation one configuration each "
         "(their removal chosen over the same orders and repairs): more tuning for LaCoOT.",
         "",

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _collapse_jobs import (  # noqa: E402
     PLAIN,
     add_job_args,
+    epoch_seconds,
     git_commit,
     job_config,
     model_spec,
@@ -175,7 +176,6 @@ def run_job(args: argparse.Namespace, job: str, seed: int, jobs_dir: Path) -> di
         res |= figures | {"k": k}
     else:
         ckpt = train_resumably(cfg)
-        res["train_seconds"] = time.perf_counter() - t0
         say = lambda m: print(f"  {job} s{seed}: {m}", flush=True)  # noqa: E731
         res |= sweep_every_way(ckpt, args.device, seed, args.orders, calib_samples=args.calib,
                                say=say)  # fmt: skip
@@ -184,7 +184,8 @@ def run_job(args: argparse.Namespace, job: str, seed: int, jobs_dir: Path) -> di
             state = load_checkpoint(ckpt, map_location=dev)
             model, _, _ = model_from_checkpoint(state, ckpt, dev)
             save_model(models / f"vanilla-s{seed}.pt", model.cpu(), state["model_spec"], [])
-    res["seconds"] = time.perf_counter() - t0
+    res["train_seconds"] = epoch_seconds(res["history"])
+    res["seconds"] = time.perf_counter() - t0  # this process only: resumed jobs count less
     return res
 
 

@@ -57,7 +57,8 @@ def test_finetune_scratch_is_the_fine_tunes_architecture_never_another(tmp_path:
 
     def write(path: Path, removed: list[str], test: float) -> None:
         path.write_text(json.dumps({"removed": removed, "test_accuracy": test, "macs": 5,
-                                    "params": len(removed), "seconds": 1.0}))  # fmt: skip
+                                    "params": len(removed),
+                                    "history": [{"seconds": 1.0}]}))  # fmt: skip
 
     write(head / "scratch_same_arch-s0.json", ["a", "b"], 90.0)
     write(head / "scratch_same_arch-s1.json", ["a", "c"], 91.0)  # another net than s1's
@@ -76,7 +77,7 @@ def test_finetune_targets_compare_on_the_seeds_every_method_holds() -> None:
         return {"method": m, "epochs": 2, "seed": s, "test_accuracy": test, "macs": 50,
                 "full_macs": 100, "vanilla": {"test_accuracy": 93.0}, "params": 10,
                 "chosen": {"val_accuracy": val, "order": "o", "repair": "r", "removed": []},
-                "train_seconds": 1.0, "fade": 0.6}  # fmt: skip
+                "history": [{"seconds": 1.0}], "fade": 0.6}  # fmt: skip
 
     results = [job("lacoot", 0, 92.6), job("heal", 0, 92.0), job("kd", 0, 92.8),
                job("lacoot", 1, 92.2)]  # seed 1 has no heal or kd: left out  # fmt: skip
@@ -88,17 +89,20 @@ def test_finetune_targets_compare_on_the_seeds_every_method_holds() -> None:
 def test_finetune_reports_the_lacoot_variant_chosen_on_validation() -> None:
     ft = load("finetune")
     base = {"epochs": 2, "seed": 0, "macs": 50, "full_macs": 100, "params": 10,
-            "vanilla": {"test_accuracy": 93.0}, "train_seconds": 1.0}  # fmt: skip
+            "vanilla": {"test_accuracy": 93.0}}  # fmt: skip
 
-    def job(m: str, fade: float | None, val: float, test: float) -> dict:
+    def job(m: str, fade: float | None, val: float, test: float, secs: float = 1.0) -> dict:
         return base | {"method": m, "fade": fade, "test_accuracy": test,
+                       "history": [{"seconds": secs}, {"seconds": secs}],
                        "chosen": {"val_accuracy": val, "order": "o", "repair": "r",
                                   "removed": []}}  # fmt: skip
 
-    results = [job("lacoot", 0.6, 91.0, 93.5), job("lacoot", 0.9, 92.0, 92.0),
+    results = [job("lacoot", 0.6, 91.0, 93.5), job("lacoot", 0.9, 92.0, 92.0, secs=30.0),
                job("heal", None, 91.5, 92.5), job("kd", None, 91.5, 92.1)]  # fmt: skip
+    results[1]["train_seconds"] = 0.0  # what a job reusing its trained checkpoint once recorded
     rep = ft.report(results, [])
     lac = next(r for r in rep["rows"] if r["method"] == "lacoot")
     assert lac["test_mean"] == 92.0 and lac["how"] == ["o/r, fade 0.9"]  # validation decides
+    assert lac["train_seconds"] == 60.0  # its two epochs from the log, not the process's time
     assert rep["targets"]["beats_heal"] is False
     assert sorted(v["chosen"] for v in rep["lacoot_variants"]) == [False, True]
