@@ -52,7 +52,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _collapse_jobs import add_job_args, job_config, spread_order, sweep_every_way, train_scratch  # noqa: E402
+from _collapse_jobs import (  # noqa: E402
+    add_job_args,
+    epoch_seconds,
+    job_config,
+    spread_order,
+    sweep_every_way,
+    train_scratch,
+)
 
 from lacoot._io import atomic_write_text  # noqa: E402
 from lacoot.blocks import Block  # noqa: E402
@@ -295,15 +302,15 @@ def run_job(args: argparse.Namespace, job: Job) -> dict[str, Any]:
             ckpt = out / "checkpoint.pt"
             if not (ckpt.is_file() and len(load_checkpoint(ckpt)["history"]) == job.epochs):
                 ckpt, _ = run_training(cfg, overwrite=True)
-            train_s = time.perf_counter() - t0
             if args.no_eval:
-                return {"name": job.name, "trained_only": True, "seconds": train_s}
+                return {"name": job.name, "trained_only": True,
+                        "seconds": time.perf_counter() - t0}  # fmt: skip
             orders = ORDERS if job.phase == "main" else ORDERS[:-1]
             orders = tuple(o for o in orders if args.orders is None or o in args.orders)
             res = evaluate_collapses(
                 ckpt, resolve_device(cfg.device), args.calib, args.seed, orders
             )
-            res["train_seconds"] = train_s
+            res["train_seconds"] = epoch_seconds(res["history"])  # right for a reused checkpoint
     except Exception:
         if args.amp and job.overrides.get("amp") is not False:  # once more without autocast
             print(f"{job.name} failed:\n{traceback.format_exc()}retrying without amp", flush=True)

@@ -91,6 +91,7 @@ def test_collapse_quality_uses_the_pipeline_sweep(data: Path, tmp_path: Path) ->
     assert set(vanilla["scores"]) == set(vanilla["sweeps"])
     assert scratch["removed"] == ["layer3.2", "layer2.2"]  # deepest stage first
     assert 0 < scratch["params"] < scratch["full_params"]  # parameters recorded
+    assert vanilla["train_seconds"] == round(sum(e["seconds"] for e in vanilla["history"]), 1) > 0
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,13 @@ def test_headline_resumes_and_refuses_mixed_environments(headline_run: Path) -> 
     again = bench("headline.py", "--smoke", "--work", str(headline_run / "work"), "--out",
                   str(out), cwd=headline_run)  # fmt: skip
     assert ": start" not in again.stdout  # every job's result found: nothing trained again
+    first = json.loads((out / "jobs" / "vanilla-s0.json").read_text())
+    (out / "jobs" / "vanilla-s0.json").unlink()  # swept again from its complete checkpoint
+    bench("headline.py", "--smoke", "--only", "vanilla", "--work", str(headline_run / "work"),
+          "--out", str(out), cwd=headline_run)  # fmt: skip
+    second = json.loads((out / "jobs" / "vanilla-s0.json").read_text())
+    epochs = round(sum(e["seconds"] for e in second["history"]), 1)
+    assert second["train_seconds"] == epochs == first["train_seconds"] > 0  # from the log
     job = out / "jobs" / "paper-s0.json"
     res = json.loads(job.read_text())
     res["environment"]["precision"] = "bfloat16 autocast"
