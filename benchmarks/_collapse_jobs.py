@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import cpu_model, loadavg
 
 from lacoot.blocks import Block, remove_blocks
 from lacoot.checkpoint import faded_blocks, load_checkpoint
@@ -97,6 +100,26 @@ def epoch_seconds(history: Sequence[dict[str, Any]]) -> float:
     resumed from its checkpoint or reused complete, where the wall time of the last process
     counts only what that process did; set-up, the removal's choice and the sweeps not counted."""
     return round(sum(e["seconds"] for e in history), 1)
+
+
+def job_environment(args: argparse.Namespace) -> dict[str, Any]:
+    """What a job's result depends on besides its configuration (machine, device, torch,
+    precision, commit, threads) and the load when it started."""
+    dev = resolve_device(args.device)
+    cuda = dev.type == "cuda"
+    return {
+        "machine": torch.cuda.get_device_name(dev)
+        if cuda
+        else f"{cpu_model()} ({platform.machine()})",
+        "device": dev.type,
+        "torch": torch.__version__,
+        "precision": "bfloat16 autocast" if cuda and RunConfig().amp else "float32",
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_at_start": loadavg(),
+    }
 
 
 def train_resumably(cfg: RunConfig) -> Path:

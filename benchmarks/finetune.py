@@ -50,12 +50,11 @@ from _collapse_jobs import (  # noqa: E402
     PLAIN,
     add_job_args,
     epoch_seconds,
-    git_commit,
     job_config,
+    job_environment,
     train_resumably,
     train_scratch,
 )
-from _common import cpu_model, loadavg  # noqa: E402
 
 from lacoot._io import atomic_write_text  # noqa: E402
 from lacoot.blocks import find_blocks, remove_blocks  # noqa: E402
@@ -195,7 +194,7 @@ def run_job(args: argparse.Namespace, method: str, epochs: int, seed: int,
             "faded": list(faded), **figures(shallow, data, example),
             "full_macs": full["macs"], "train_seconds": epoch_seconds(history),
             "seconds": time.perf_counter() - t0, "history": history,
-            "finetune": FINETUNE, "environment": environment(args)}  # fmt: skip
+            "finetune": FINETUNE, "environment": job_environment(args)}  # fmt: skip
 
 
 def removals(results: list[dict[str, Any]]) -> dict[int, list[str]]:
@@ -233,14 +232,7 @@ def run_scratch(args: argparse.Namespace, seed: int, removed: list[str]) -> dict
     _, figs = train_scratch(cfg, removed)
     return {"method": "scratch", "seed": seed, "epochs": args.scratch_epochs, **figs,
             "run_config": cfg.to_dict(), "train_seconds": epoch_seconds(figs["history"]),
-            "environment": environment(args)}  # fmt: skip
-
-
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    return {"machine": cpu_model(), "device": resolve_device(args.device).type,
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "commit": git_commit(), "load_at_start": loadavg(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+            "environment": job_environment(args)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- report

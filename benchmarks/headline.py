@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -50,15 +49,14 @@ from _collapse_jobs import (  # noqa: E402
     PLAIN,
     add_job_args,
     epoch_seconds,
-    git_commit,
     job_config,
+    job_environment,
     model_spec,
     spread_order,
     sweep_every_way,
     train_resumably,
     train_scratch,
 )
-from _common import cpu_model  # noqa: E402
 
 from lacoot._io import atomic_write_text  # noqa: E402
 from lacoot.blocks import find_blocks  # noqa: E402
@@ -111,24 +109,6 @@ def run_config(args: argparse.Namespace, job: str, seed: int, blocks: list[Any])
     )
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    """What a result depends on besides its configuration; ``ENV_KEYS`` must match to merge."""
-    dev = resolve_device(args.device)
-    cuda = dev.type == "cuda"
-    return {
-        "machine": torch.cuda.get_device_name(dev)
-        if cuda
-        else f"{cpu_model()} ({platform.machine()})",
-        "device": dev.type,
-        "torch": torch.__version__,
-        "precision": "bfloat16 autocast" if cuda and RunConfig().amp else "float32",
-        "commit": git_commit(),
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-
-
 # ------------------------------------------------------------------------------ one job
 def reported_k(res: dict[str, Any]) -> int:
     """The ``k`` a swept result is reported at: the number of blocks its budget aimed at, else
@@ -156,7 +136,7 @@ def run_job(args: argparse.Namespace, job: str, seed: int, jobs_dir: Path) -> di
     blocks = find_blocks(probe, torch.zeros(2, args.in_channels, args.size, args.size))
     cfg = run_config(args, job, seed, blocks)
     t0 = time.perf_counter()
-    res: dict[str, Any] = {"job": job, "seed": seed, "environment": environment(args),
+    res: dict[str, Any] = {"job": job, "seed": seed, "environment": job_environment(args),
                            "run_config": cfg.to_dict()}  # fmt: skip
     models = Path(args.out) / "models"
     models.mkdir(parents=True, exist_ok=True)
