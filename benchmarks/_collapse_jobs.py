@@ -1,6 +1,6 @@
 """What the collapse benchmarks share: their jobs' options and configuration, training a model
-(resumably), training a shallow net from scratch, and sweeping a checkpoint every way through the
-pipeline's own sweep.
+(resumably), training a shallow net from scratch, sweeping a checkpoint every way through the
+pipeline's own sweep, and what a job records of its environment and training time.
 
 ``collapse_quality.py``, ``headline.py`` and ``finetune.py`` build on these, so a model is
 configured and measured the same way wherever its figures appear.
