@@ -98,7 +98,8 @@ def git_commit(root: Path | None = None) -> str:
 def epoch_seconds(history: Sequence[dict[str, Any]]) -> float:
     """The seconds a training's epochs took, summed from its log (``history``): right for a run
     resumed from its checkpoint or reused complete, where the wall time of the last process
-    counts only what that process did; set-up, the removal's choice and the sweeps not counted."""
+    counts only what that process did. The training steps only: set-up, the validation passes,
+    the removal's choice and the sweeps are not counted."""
     return round(sum(e["seconds"] for e in history), 1)
 
 
