@@ -344,8 +344,8 @@ def markdown(rep: dict[str, Any], envs: list[dict[str, Any]], command: str) -> s
         + ", ".join(f"{k} {v}" for k, v in FINETUNE.items())
         + ". Removal: for each order x repair the fewest blocks within the budget after the "
         "repair, the pair chosen on validation. `train s`: the seconds the training epochs "
-        "took, summed from each job's training log (set-up and the removal's choice not "
-        "counted); one CPU thread, another job running beside it. LaCoOT had its "
+        "took, summed from each job's training log (set-up, validation passes and the removal's "
+        "choice not counted); one CPU thread, another job running beside it. LaCoOT had its "
         "variants (below) chosen on validation; heal and distillation one configuration each "
         "(their removal chosen over the same orders and repairs): more tuning for LaCoOT.",
         "",
