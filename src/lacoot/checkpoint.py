@@ -22,7 +22,6 @@ import torch
 from . import distributed as dist_
 from ._io import atomic_write_bytes
 from ._version import __version__
-from .init_weights import weights_mismatch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -37,6 +36,8 @@ __all__ = [
     "restore_schedule",
     "restore_rng",
     "restore_directions",
+    "weights_mismatch",
+    "load_trained_weights",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -105,6 +106,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{CHECKPOINT_FORMAT}"
         )
     return state
+
+
+def weights_mismatch(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> str:
+    """How a state dict differs from a model's: counts and the first names of each kind."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in weights]
+    extra = [k for k in weights if k not in want]
+    shaped = [
+        f"{k} {tuple(weights[k].shape)} (model {tuple(want[k].shape)})"
+        for k in want
+        if k in weights and tuple(weights[k].shape) != tuple(want[k].shape)
+    ]
+    parts = []
+    for what, names in (("missing", missing), ("unexpected", extra), ("of another shape", shaped)):
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            parts.append(f"{len(names)} weights {what}: {shown}")
+    return "; ".join(parts) or "the weights do not load"
 
 
 def load_trained_weights(

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import safe_torch_load, weights_mismatch
+
 __all__ = [
-    "InitFile", "read_init", "load_init", "init_shapes", "weights_mismatch", "file_sha256",
-    "weights_sha256",
+    "InitFile", "read_init", "load_init", "init_shapes", "file_sha256", "weights_sha256",
 ]  # fmt: skip
 
 WRITERS = (
@@ -49,24 +50,6 @@ def weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def weights_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str:
-    """How a state dict differs from a model's: counts and the first names of each kind."""
-    want = model.state_dict()
-    missing = [k for k in want if k not in weights]
-    extra = [k for k in weights if k not in want]
-    shaped = [
-        f"{k} {tuple(weights[k].shape)} (model {tuple(want[k].shape)})"
-        for k in want
-        if k in weights and tuple(weights[k].shape) != tuple(want[k].shape)
-    ]
-    parts = []
-    for what, names in (("missing", missing), ("unexpected", extra), ("of another shape", shaped)):
-        if names:
-            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            parts.append(f"{len(names)} weights {what}: {shown}")
-    return "; ".join(parts) or "the weights do not load"
-
-
 @dataclass(frozen=True)
 class InitFile:
     """An ``--init`` file read once: its weights, what kind of file it is and, for a model file
@@ -81,7 +64,6 @@ class InitFile:
 
 def read_init(path: str | os.PathLike) -> InitFile:
     """Read ``path`` (one of :data:`WRITERS`); a missing or foreign file is a ``ValueError``."""
-    from .checkpoint import safe_torch_load
     from .export import collapsed_shape
 
     path = Path(path)
